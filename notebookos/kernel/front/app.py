@@ -1,0 +1,130 @@
+"""The front process: configuration, startup and shutdown of one replicated kernel.
+
+Launched by the provisioner as the kernel process (``python -m notebookos.kernel.front -f CONNECTION_FILE``). It
+binds the connection file's channels, starts the replicas, and runs the relay until a ``shutdown_request`` or a
+signal; on the way out it stops every replica it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+from traitlets import Bool, Float, Int, Unicode, validate
+from traitlets.config import Application
+
+from .executor import LastExecutorPolicy
+from .relay import Relay
+from .supervisor import Supervisor
+
+
+class NotebookOSFront(Application):
+    """Front of a replicated kernel."""
+
+    name = "notebookos-front"
+    description = "The single endpoint of a replicated notebookos kernel: relays to its Raft-replicated replicas."
+
+    connection_file = Unicode("", help="Connection file written by the Jupyter client (-f).").tag(config=True)
+    replicas = Int(3, help="Number of kernel replicas; Raft needs 3 to survive the loss of one.").tag(config=True)
+    raft_host = Unicode("127.0.0.1", help="Address replicas bind their Raft ports to. Loopback unless the "
+                        "replicas span hosts: Raft traffic carries pickles.").tag(config=True)
+    store_dir = Unicode("", help="Object store directory for large values (default: a per-kernel temporary "
+                        "directory removed at shutdown).").tag(config=True)
+    commit_timeout = Float(10.0, help="Seconds a cell's commit may wait for a Raft quorum.").tag(config=True)
+    replace_lost_replicas = Bool(True, help="Start a replacement when a replica dies.").tag(config=True)
+    send_yield = Bool(True, help="Send the non-executing replicas a 'yield' copy of each execute_request.").tag(
+        config=True)
+    status_interval = Float(1.0, help="Seconds between status polls of the replicas (for replicas()).").tag(
+        config=True)
+    compaction_entries = Int(200, help="Raft log entries between snapshots.").tag(config=True)
+
+    aliases = {
+        "f": "NotebookOSFront.connection_file",
+        "replicas": "NotebookOSFront.replicas",
+        "store-dir": "NotebookOSFront.store_dir",
+        "log-level": "Application.log_level",
+    }
+
+    @validate("replicas")
+    def _check_replicas(self, proposal):
+        if proposal["value"] < 1:
+            raise ValueError(f"replicas must be >= 1, got {proposal['value']}")
+        return proposal["value"]
+
+    def start(self) -> None:
+        if not self.connection_file:
+            self.log.critical("no connection file: run as `python -m notebookos.kernel.front -f FILE`")
+            self.exit(2)
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        connection = json.loads(Path(self.connection_file).read_text())
+        runtime_dir = Path(tempfile.mkdtemp(prefix="notebookos-kernel-"))
+        store_dir = self.store_dir or str(runtime_dir / "objects")
+        context = zmq.asyncio.Context()
+        client_session = Session(key=connection.get("key", "").encode(),
+                                 signature_scheme=connection.get("signature_scheme", "hmac-sha256"))
+        internal_session = Session(key=secrets.token_hex(32).encode(), signature_scheme="hmac-sha256")
+        supervisor = Supervisor(
+            context, runtime_dir, internal_session, raft_secret=secrets.token_hex(32),
+            replica_config={"store_dir": store_dir, "commit_timeout": self.commit_timeout,
+                            "compaction_entries": self.compaction_entries},
+            host=self.raft_host,
+        )
+        supervisor.replace_lost = self.replace_lost_replicas
+        relay = Relay(context, connection, client_session, supervisor, LastExecutorPolicy(), self.send_yield)
+        relay.bind()
+        _start_heartbeat(connection)
+        relay.start()
+        supervisor.start(self.replicas)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, relay.shutdown.set)
+        # Interrupts arrive as messages (interrupt_mode: message); a stray SIGINT must not kill the kernel.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        tasks = [asyncio.ensure_future(supervisor.watch()),
+                 asyncio.ensure_future(supervisor.poll_status(self.status_interval))]
+        try:
+            await relay.shutdown.wait()
+            await asyncio.sleep(0.05)  # let the shutdown_reply leave
+        finally:
+            supervisor.replace_lost = False
+            for task in tasks:
+                task.cancel()
+            await supervisor.stop_all()
+            await relay.close()
+            context.term()
+            if not os.environ.get("NOTEBOOKOS_KEEP_RUNTIME"):
+                shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def _start_heartbeat(connection: dict) -> None:
+    """Echo heartbeats on a plain thread, so a busy event loop never looks like a dead kernel."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.bind(f"{connection['transport']}://{connection['ip']}:{connection['hb_port']}")
+
+    def echo() -> None:
+        try:
+            zmq.proxy(sock, sock)
+        except zmq.ZMQError:
+            pass
+
+    threading.Thread(target=echo, name="notebookos-heartbeat", daemon=True).start()
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("NOTEBOOKOS_LOG_LEVEL", "WARNING"))
+    NotebookOSFront.launch_instance()

@@ -1,0 +1,291 @@
+"""Replica processes of one kernel: launch, liveness, Raft membership, status polling and replacement.
+
+Standalone mode runs every replica on this machine; the front is their parent, and each replica asks the Linux
+kernel to SIGKILL it if the front dies, so a killed front never leaves replicas behind. The supervisor notices a
+replica's death by polling its process (a dead process is certain, unlike a missed heartbeat), tells the relay,
+then removes it from the Raft group and starts a replacement that joins through dynamic membership and catches up
+from a snapshot plus the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+
+from .. import protocol
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
+
+
+def _free_ports(host: str, count: int) -> list[int]:
+    socks, ports = [], []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _die_with_parent() -> None:
+    """Run in the replica between fork and exec: PR_SET_PDEATHSIG, so replicas die with their front."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 == PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class ReplicaHandle:
+    """The front's view of one replica process and its sockets."""
+
+    id: int
+    connection: dict[str, Any]
+    connection_file: str
+    raft_address: str
+    process: subprocess.Popen | None = None
+    alive: bool = True
+    member: bool = True
+    started_at: float = field(default_factory=time.monotonic)
+    status: dict[str, Any] = field(default_factory=dict)
+    sockets: dict[str, zmq.asyncio.Socket] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def view(self, last_executor: int | None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "pid": self.pid,
+            "host": self.status.get("host", socket.gethostname()),
+            "raft_role": self.status.get("raft_role", "starting") if self.alive else "dead",
+            "last_executor": self.id == last_executor,
+            "alive": self.alive,
+            "applied_index": self.status.get("applied_index", 0),
+        }
+
+
+class Supervisor:
+    """Starts, watches and replaces the replicas of one kernel."""
+
+    def __init__(
+        self,
+        context: zmq.asyncio.Context,
+        runtime_dir: Path,
+        internal_session: Session,
+        raft_secret: str,
+        replica_config: dict[str, Any],
+        host: str = "127.0.0.1",
+    ):
+        self.context = context
+        self.runtime_dir = runtime_dir
+        self.session = internal_session
+        self.raft_secret = raft_secret
+        self.replica_config = replica_config
+        self.host = host
+        self.replicas: dict[int, ReplicaHandle] = {}
+        self._next_id = 1
+        self._pending: dict[str, asyncio.Future] = {}
+        self.on_lost: Callable[[ReplicaHandle], Awaitable[None]] | None = None
+        self.on_sockets: Callable[[ReplicaHandle], None] | None = None
+        self.replace_lost = True
+        self._replacing = False
+        self.hash_seed = str(int.from_bytes(os.urandom(4), "little"))
+
+    # -- membership views --------------------------------------------------------------------------------------
+    @property
+    def members(self) -> list[ReplicaHandle]:
+        return [r for r in self.replicas.values() if r.member]
+
+    @property
+    def live(self) -> list[ReplicaHandle]:
+        return [r for r in self.members if r.alive]
+
+    def has_quorum(self) -> bool:
+        return 2 * len(self.live) > len(self.members)
+
+    # -- launching ---------------------------------------------------------------------------------------------
+    def launch(self, peers: list[str], raft_address: str | None = None) -> ReplicaHandle:
+        rid = self._next_id
+        self._next_id += 1
+        ports = _free_ports(self.host, 6)
+        connection = {
+            "transport": "tcp",
+            "ip": self.host,
+            "shell_port": ports[0],
+            "iopub_port": ports[1],
+            "stdin_port": ports[2],
+            "control_port": ports[3],
+            "hb_port": ports[4],
+            "key": self.session.key.decode(),
+            "signature_scheme": "hmac-sha256",
+            "kernel_name": "notebookos-replica",
+        }
+        raft_address = raft_address or f"{self.host}:{ports[5]}"
+        conn_file = self.runtime_dir / f"replica-{rid}.json"
+        conn_file.write_text(json.dumps(connection))
+        os.chmod(conn_file, 0o600)
+        config = {"ReplicaKernel": {**self.replica_config, "replica_id": rid, "raft_address": raft_address,
+                                    "raft_peers": [p for p in peers if p != raft_address]}}
+        config_file = self.runtime_dir / f"replica-{rid}-config.json"
+        config_file.write_text(json.dumps(config))
+        # One hash seed for the whole group, so str hashing and set order agree on every replica.
+        env = {**os.environ, protocol.RAFT_SECRET_ENV: self.raft_secret, "PYTHONHASHSEED": self.hash_seed}
+        log_file = open(self.runtime_dir / f"replica-{rid}.log", "ab")  # noqa: SIM115 - owned by the child
+        cmd = [sys.executable, "-m", "notebookos.kernel.replica", "-f", str(conn_file), f"--config={config_file}",
+               "--IPKernelApp.log_level=WARN"]
+        process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                   preexec_fn=_die_with_parent, cwd=os.getcwd())
+        log_file.close()
+        handle = ReplicaHandle(rid, connection, str(conn_file), raft_address, process)
+        self._connect(handle)
+        self.replicas[rid] = handle
+        log.info("started replica %d (pid %d, raft %s)", rid, process.pid, raft_address)
+        return handle
+
+    def _connect(self, handle: ReplicaHandle) -> None:
+        c = handle.connection
+        identity = f"front-{os.getpid()}-{handle.id}".encode()
+        for channel, kind in (("shell", zmq.DEALER), ("control", zmq.DEALER), ("stdin", zmq.DEALER),
+                              ("iopub", zmq.SUB)):
+            sock = self.context.socket(kind)
+            sock.linger = 0
+            if kind == zmq.DEALER:
+                # shell and stdin share one identity: the replica routes input_request by the shell request's id.
+                sock.identity = identity
+            else:
+                sock.subscribe(b"")
+            sock.connect(f"tcp://{c['ip']}:{c[channel + '_port']}")
+            handle.sockets[channel] = sock
+        if self.on_sockets:
+            self.on_sockets(handle)
+
+    def start(self, count: int) -> list[ReplicaHandle]:
+        """Launch the initial group; every member is told every other member's Raft address up front."""
+        addresses = [f"{self.host}:{port}" for port in _free_ports(self.host, count)]
+        return [self.launch(addresses, raft_address=address) for address in addresses]
+
+    # -- control requests to replicas -------------------------------------------------------------------------
+    async def request(self, handle: ReplicaHandle, msg_type: str, content: dict[str, Any],
+                      timeout: float = 5.0) -> dict[str, Any]:
+        msg = self.session.msg(msg_type, content)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[msg["header"]["msg_id"]] = fut
+        try:
+            await handle.sockets["control"].send_multipart(self.session.serialize(msg))
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(msg["header"]["msg_id"], None)
+
+    def resolve(self, parent_id: str, content: dict[str, Any]) -> bool:
+        """Deliver a control reply to a request the front itself made; False if it was not ours."""
+        fut = self._pending.get(parent_id)
+        if fut is None:
+            return False
+        if not fut.done():
+            fut.set_result(content)
+        return True
+
+    # -- liveness ----------------------------------------------------------------------------------------------
+    async def watch(self, interval: float = 0.05) -> None:
+        while True:
+            await self.check_now()
+            await asyncio.sleep(interval)
+
+    async def check_now(self) -> None:
+        """Reap dead replicas now (a waitpid per replica): cheap enough to run before every cell."""
+        for handle in list(self.replicas.values()):
+            if handle.alive and handle.process is not None and handle.process.poll() is not None:
+                handle.alive = False
+                log.warning("replica %d (pid %s) exited with %s", handle.id, handle.pid, handle.process.returncode)
+                if self.on_lost:
+                    await self.on_lost(handle)
+                if self.replace_lost and handle.member:
+                    asyncio.ensure_future(self.replace(handle))
+
+    async def poll_status(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.gather(*(self._poll_one(h) for h in self.live), return_exceptions=True)
+            await asyncio.sleep(interval)
+
+    async def _poll_one(self, handle: ReplicaHandle) -> None:
+        try:
+            handle.status = await self.request(handle, protocol.STATUS_REQUEST, {}, timeout=2.0)
+        except TimeoutError:
+            pass
+
+    async def replace(self, dead: ReplicaHandle) -> ReplicaHandle | None:
+        """Take a dead replica out of the Raft group and start a new one that joins and catches up."""
+        while self._replacing:
+            await asyncio.sleep(0.05)
+        self._replacing = True
+        try:
+            if not self.has_quorum():
+                log.error("replica %d lost and the group has no quorum: not replacing", dead.id)
+                return None
+            via = self.live[0]
+            reply = await self.request(via, protocol.MEMBERSHIP_REQUEST,
+                                       {"op": "remove", "address": dead.raft_address}, timeout=15.0)
+            if reply.get("status") != "ok":
+                log.error("could not remove replica %d from the Raft group: %s", dead.id, reply.get("evalue"))
+                return None
+            dead.member = False
+            peers = [r.raft_address for r in self.live]
+            new = self.launch(peers)
+            new.member = False
+            via = self.live[0]
+            reply = await self.request(via, protocol.MEMBERSHIP_REQUEST,
+                                       {"op": "add", "address": new.raft_address}, timeout=15.0)
+            if reply.get("status") != "ok":
+                log.error("replacement replica %d could not join: %s", new.id, reply.get("evalue"))
+                self.kill(new)
+                return None
+            new.member = True
+            log.info("replica %d replaced by %d", dead.id, new.id)
+            return new
+        except TimeoutError:
+            log.error("replacing replica %d timed out", dead.id)
+            return None
+        finally:
+            self._replacing = False
+
+    # -- teardown ----------------------------------------------------------------------------------------------
+    def kill(self, handle: ReplicaHandle) -> None:
+        if handle.process is not None and handle.process.poll() is None:
+            handle.process.kill()
+        handle.alive = False
+
+    async def stop_all(self, grace: float = 2.0) -> None:
+        deadline = time.monotonic() + grace
+        for handle in self.replicas.values():
+            if handle.process is not None and handle.process.poll() is None:
+                handle.process.terminate()
+        for handle in self.replicas.values():
+            while handle.process is not None and handle.process.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            self.kill(handle)
+            for sock in handle.sockets.values():
+                sock.close(linger=0)

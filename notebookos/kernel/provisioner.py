@@ -1,0 +1,54 @@
+"""The ``notebookos-provisioner`` kernel provisioner (entry point group ``jupyter_client.kernel_provisioners``).
+
+Jupyter Server, nbclient, papermill and jupyter console start the ``notebookos`` kernelspec through this class and
+need nothing else. In standalone mode it launches the kernel's front as the kernel process; the front starts and
+supervises the replicas, so liveness, SIGKILL and restart of the kernel are those of the front, and the replicas
+die with it. Options come from the kernelspec (``metadata.kernel_provisioner.config``) or from Jupyter config
+(``c.NotebookOSProvisioner.replicas = 3``); an unknown option is an error that names it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Bool, Float, Int, Unicode
+
+
+class UnknownKernelOption(ValueError):
+    """A kernelspec or kernel metadata option this provisioner does not know."""
+
+
+class NotebookOSProvisioner(LocalProvisioner):
+    """Launches a replicated kernel: a front process that owns the replicas."""
+
+    replicas = Int(3, help="Replicas per kernel (Raft tolerates the loss of a minority).").tag(config=True)
+    commit_timeout = Float(10.0, help="Seconds a cell's commit may wait for a Raft quorum.").tag(config=True)
+    store_dir = Unicode("", help="Object store directory for values over 1 MiB (default: per kernel, "
+                        "removed at shutdown).").tag(config=True)
+    raft_host = Unicode("127.0.0.1", help="Address the replicas' Raft ports bind to.").tag(config=True)
+    replace_lost_replicas = Bool(True, help="Start a replacement when a replica dies.").tag(config=True)
+
+    _FRONT_OPTIONS = ("replicas", "commit_timeout", "store_dir", "raft_host", "replace_lost_replicas")
+
+    def __init__(self, **kwargs: Any):
+        known = set(self.class_trait_names()) | {"kernel_id", "kernel_spec", "parent", "config", "log"}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise UnknownKernelOption(
+                f"unknown notebookos kernel option(s) {', '.join(map(repr, unknown))} in the kernelspec's "
+                f"metadata.kernel_provisioner.config; known options: {', '.join(self._FRONT_OPTIONS)}. "
+                "Fix the kernelspec (`notebookos kernelspec show`) and start the kernel again."
+            )
+        super().__init__(**kwargs)
+        if self.replicas < 1:
+            raise UnknownKernelOption(f"replicas must be >= 1, got {self.replicas}")
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        kwargs = await super().pre_launch(**kwargs)
+        kwargs["cmd"] = list(kwargs["cmd"]) + self.front_arguments()
+        return kwargs
+
+    def front_arguments(self) -> list[str]:
+        """This provisioner's options as the front's command-line config."""
+        return [f"--NotebookOSFront.{name}={getattr(self, name)}" for name in self._FRONT_OPTIONS]

@@ -1,0 +1,254 @@
+"""One replica of a replicated kernel: an ipykernel ``IPythonKernel`` that commits each cell's effect through Raft.
+
+The front sends every ``execute_request`` to all replicas: the one chosen to run it gets ``role: lead``, the others
+``role: yield``. The leader runs the cell, captures its effect on the user namespace, and commits it as one Raft
+entry *before* its ``execute_reply`` is sent, so a reply the user saw is never lost by a failover. Yielding replicas
+reply at once and apply the entry when it commits (see ``applier.py``).
+
+Run as ``python -m notebookos.kernel.replica -f CONNECTION_FILE --ReplicaKernel.replica_id=1 ...``; the front
+starts replicas this way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import socket
+import sys
+import traceback
+import uuid
+from typing import Any
+
+from ipykernel.ipkernel import IPythonKernel
+from ipykernel.kernelapp import IPKernelApp
+from traitlets import Float, Int, List, Unicode
+
+from ..objectstore import load_store
+from . import protocol
+from .applier import Applier
+from .namespace import NamespaceTracker, format_unserialisable_warning
+from .raft import CellLog, CommitError, RaftNode, RaftTuning
+from .serialize import namespace_digests
+
+
+class ReplicaLost(RuntimeError):
+    """Shown to the user when the replica running their cell died before committing it."""
+
+
+class ReplicaKernel(IPythonKernel):
+    """An IPython kernel that is one member of a Raft group of identical kernels."""
+
+    implementation = "notebookos"
+
+    replica_id = Int(1, help="This replica's id within its kernel (1, 2, 3, ...; replacements get new ids).").tag(
+        config=True
+    )
+    raft_address = Unicode("127.0.0.1:0", help="host:port this replica's Raft node binds to.").tag(config=True)
+    raft_peers = List(Unicode(), help="host:port of the other members of the Raft group.").tag(config=True)
+    store_name = Unicode("local", help="Object store for values over the inline limit (entry point name).").tag(
+        config=True
+    )
+    store_dir = Unicode("", help="Directory of the local object store; shared by the replicas of one host.").tag(
+        config=True
+    )
+    commit_timeout = Float(10.0, help="Seconds a cell's commit may wait for a Raft quorum before it fails.").tag(
+        config=True
+    )
+    ready_timeout = Float(30.0, help="Seconds the first cell waits for the Raft group to elect a leader.").tag(
+        config=True
+    )
+    compaction_entries = Int(
+        200, help="Raft log entries after which the log is compacted into a snapshot of the committed refs."
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.host = socket.gethostname()
+        self.diverged: str | None = None
+        self._lead_meta: dict[str, Any] = {}
+        self._last_seq = 0
+        self._executing = False
+        store_kwargs = {"root": self.store_dir} if self.store_name == "local" else {}
+        self.store = load_store(self.store_name, **store_kwargs)
+        self.tracker = NamespaceTracker(self.shell.user_ns, self.store, hidden=self.shell.user_ns_hidden)
+        self.tracker.prime()
+        self.applier = Applier(self.shell, self.tracker, self.replica_id)
+        self.cell_log = CellLog(self.applier.submit)
+        self.raft = RaftNode(
+            self.raft_address,
+            list(self.raft_peers),
+            self.cell_log,
+            os.environ.get(protocol.RAFT_SECRET_ENV) or None,
+            RaftTuning(compaction_min_entries=self.compaction_entries),
+        )
+        self.control_handlers[protocol.STATUS_REQUEST] = self.notebookos_status_request
+        self.control_handlers[protocol.MEMBERSHIP_REQUEST] = self.notebookos_membership_request
+        self.control_handlers[protocol.DIGEST_REQUEST] = self.notebookos_digest_request
+        from .magics import register_magics
+
+        register_magics(self.shell)
+
+    # -- execution ---------------------------------------------------------------------------------------------
+    async def execute_request(self, stream, ident, parent):
+        meta = (parent.get("metadata") or {}).get(protocol.META_KEY) or {}
+        if meta.get("role") == protocol.ROLE_YIELD:
+            content = {"status": "ok", "execution_count": self.execution_count, "user_expressions": {}, "payload": []}
+            self.session.send(
+                stream, "execute_reply", content, parent, ident=ident,
+                metadata={protocol.META_KEY: {"role": protocol.ROLE_YIELD, "replica": self.replica_id}},
+            )
+            return
+        self._lead_meta = meta
+        problem = await self._prepare_to_lead(meta)
+        if problem is not None:
+            self._send_error_reply(stream, ident, parent, *problem)
+            return
+        self._executing = True
+        try:
+            await super().execute_request(stream, ident, parent)
+        finally:
+            self._executing = False
+
+    async def _prepare_to_lead(self, meta: dict[str, Any]) -> tuple[str, str] | None:
+        """Make sure this replica holds every committed cell before it runs the next one."""
+        if self.diverged:
+            return "ReplicaDiverged", self.diverged
+        if not await asyncio.to_thread(self.raft.wait_leader, self.ready_timeout):
+            return "QuorumLost", f"no Raft leader after {self.ready_timeout:g} s ({self.raft.describe_quorum()})"
+        try:
+            if meta.get("fresh"):
+                await self.raft.barrier(uuid.uuid4().hex, self.commit_timeout)
+            if not await self.applier.wait_applied(int(meta.get("after_seq", 0)), self.commit_timeout):
+                return "QuorumLost", "this replica could not catch up with the committed cells in time"
+        except CommitError as exc:
+            return "QuorumLost", str(exc)
+        return None
+
+    async def do_execute(self, code, silent, store_history=True, user_expressions=None, allow_stdin=False,
+                         *, cell_meta=None, cell_id=None):
+        reply = await super().do_execute(
+            code, silent, store_history, user_expressions, allow_stdin, cell_meta=cell_meta, cell_id=cell_id
+        )
+        try:
+            self._last_seq = await self._commit(code, store_history and not silent)
+        except CommitError as exc:
+            # The cell ran here but its effect is not in the log: this namespace no longer matches the group's.
+            self.diverged = f"replica {self.replica_id} ran a cell it could not commit: {exc}"
+            reply = self._publish_error("QuorumLost", f"{exc}. The cell's effects were not committed; the kernel's "
+                                        "state is as of the last committed cell.")
+        return reply
+
+    async def _commit(self, code: str, store_history: bool) -> int:
+        shell = self.shell
+        n = shell.execution_count - 1
+        extras = {}
+        out = shell.history_manager.output_hist.get(n) if store_history else None
+        if out is not None:
+            extras["Out"] = out
+        delta = await self.tracker.capture(code, extras)
+        if delta.unserialisable:
+            sys.stderr.write(format_unserialisable_warning(delta.unserialisable) + "\n")
+            sys.stderr.flush()
+        parsed = shell.history_manager.input_hist_parsed
+        entry = {
+            "executor": self.replica_id,
+            "code": code,
+            "code_parsed": parsed[n] if store_history and len(parsed) > n else None,
+            "execution_count": n,
+            "store_history": store_history,
+            "delta": delta,
+        }
+        return await self.raft.commit_cell(entry, self.commit_timeout)
+
+    def finish_metadata(self, parent, metadata, reply_content):
+        metadata = super().finish_metadata(parent, metadata, reply_content)
+        metadata[protocol.META_KEY] = {"role": protocol.ROLE_LEAD, "replica": self.replica_id, "seq": self._last_seq}
+        return metadata
+
+    def _publish_error(self, ename: str, evalue: str) -> dict[str, Any]:
+        content = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
+        self.session.send(self.iopub_socket, "error", content, self.get_parent("shell"), ident=self._topic("error"))
+        return {"status": "error", "execution_count": self.execution_count, **content}
+
+    def _send_error_reply(self, stream, ident, parent, ename: str, evalue: str) -> None:
+        content = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
+        self.session.send(self.iopub_socket, "error", content, parent, ident=self._topic("error"))
+        content = {"status": "error", "execution_count": self.execution_count, **content}
+        self.session.send(stream, "execute_reply", content, parent, ident=ident,
+                          metadata={protocol.META_KEY: {"replica": self.replica_id, "seq": self.applier.applied_seq}})
+
+    # -- front <-> replica control ---------------------------------------------------------------------------
+    def replica_status(self) -> dict[str, Any]:
+        raft = self.raft.status()
+        return {
+            "id": self.replica_id,
+            "pid": os.getpid(),
+            "host": self.host,
+            "raft_address": self.raft_address,
+            "raft_role": raft["role"],
+            "raft_term": raft["term"],
+            "raft_leader": raft["leader"],
+            "raft_members": raft["members"],
+            "applied_index": self.applier.applied_seq,
+            "raft_applied_index": raft["applied_index"],
+            "executing": self._executing,
+            "diverged": self.diverged,
+            "apply_errors": list(self.applier.errors[-5:]),
+        }
+
+    async def notebookos_status_request(self, stream, ident, parent):
+        self.session.send(stream, protocol.STATUS_REPLY, self.replica_status(), parent, ident=ident)
+
+    async def notebookos_membership_request(self, stream, ident, parent):
+        content = parent["content"]
+        try:
+            if content["op"] == "add":
+                await self.raft.add_member(content["address"], content.get("timeout", self.commit_timeout))
+            elif content["op"] == "remove":
+                await self.raft.remove_member(content["address"], content.get("timeout", self.commit_timeout))
+            else:
+                raise ValueError(f"unknown membership op {content['op']!r}; expected 'add' or 'remove'")
+            reply = {"status": "ok"}
+        except Exception as exc:
+            reply = {"status": "error", "ename": type(exc).__name__, "evalue": str(exc),
+                     "traceback": traceback.format_exception(exc)}
+        self.session.send(stream, protocol.MEMBERSHIP_REPLY, reply, parent, ident=ident)
+
+    async def notebookos_digest_request(self, stream, ident, parent):
+        """Digest every replicated name from the live namespace (not from the log), to compare replicas."""
+        names = sorted(self.tracker.records())
+        content = {"status": "ok", "replica": self.replica_id, "execution_count": self.shell.execution_count,
+                   "In": list(self.shell.user_ns.get("In", [])), "digests": namespace_digests(self.shell.user_ns, names)}
+        self.session.send(stream, protocol.DIGEST_REPLY, content, parent, ident=ident)
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """The front's table of replicas as of this cell's start, with this replica's own row made live."""
+        rows = [dict(r) for r in self._lead_meta.get("replicas", [])]
+        me = self.replica_status()
+        mine = {"id": me["id"], "pid": me["pid"], "host": me["host"], "raft_role": me["raft_role"],
+                "alive": True, "applied_index": me["applied_index"]}
+        for row in rows:
+            if row.get("id") == self.replica_id:
+                row.update(mine)
+                break
+        else:
+            rows.append({**mine, "last_executor": True})
+        return rows
+
+    async def do_shutdown(self, restart):
+        self.applier.stop()
+        self.raft.destroy()
+        reply = super().do_shutdown(restart)
+        return await reply if inspect.isawaitable(reply) else reply
+
+
+def main() -> None:
+    IPKernelApp.launch_instance(kernel_class=ReplicaKernel)
+
+
+if __name__ == "__main__":
+    # Run the package's copy of this module, so notebookos.kernel.replica.ReplicaKernel is the running class.
+    from notebookos.kernel.replica import main as package_main
+
+    package_main()

@@ -264,3 +264,15 @@ def test_jupyter_console_works_unchanged():
          "--ZMQTerminalInteractiveShell.kernel_timeout=120"],
         input="print(6 * 7)\nexit\n", capture_output=True, text=True, timeout=180, env=os.environ.copy())
     assert "42" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_cell_runs_exactly_once(k, tmp_path):
+    """Only the executor runs a cell: followers apply its committed effect, never re-run its side effects."""
+    path = tmp_path / "side_effect.txt"
+    for _ in range(3):
+        reply, _ = k.execute(f"with open({str(path)!r}, 'a') as f:\n    f.write('x')")
+        assert reply["status"] == "ok"
+    time.sleep(1.0)  # followers have had time to (wrongly) run them
+    assert path.read_text() == "xxx"
+    replicas = k.wait_for(lambda: _settled(k.digests()), what="replicas settled")
+    assert len({r["execution_count"] for r in replicas.values()}) == 1

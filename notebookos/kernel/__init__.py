@@ -30,7 +30,7 @@ def _current_replica():
 def replicas() -> list[dict[str, Any]]:
     """One dict per replica of this kernel, keys ``id, pid, host, raft_role, last_executor, alive, applied_index``.
 
-    The replica running the cell reports itself live; the others are as the front last saw them (at most ~1 s old).
+    The replica running the cell reports itself live; the others are as the front last saw them (polled every 2 s).
     """
     rows = _current_replica().replicas()
     return [{key: row.get(key) for key in REPLICA_FIELDS} for row in sorted(rows, key=lambda r: r.get("id", 0))]

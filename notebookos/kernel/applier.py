@@ -88,10 +88,20 @@ class Applier:
             self.shell.execution_count = state["execution_count"] + 1
 
     def _record_cell(self, n: int, code: str, code_parsed: str | None, extras: dict[str, Any]) -> None:
-        """Make In, Out, _, _iN, _N and the history database agree with the replica that ran the cell."""
+        """Make In, Out, _, _iN and _N agree with the replica that ran the cell.
+
+        This mirrors ``HistoryManager.store_inputs`` without its database write: the executor already wrote the
+        cell to the shared history database, and three writers per cell would both duplicate it there and
+        contend for SQLite's lock on every cell.
+        """
         shell = self.shell
+        hm = shell.history_manager
+        raw = code.rstrip("\n")
+        hm.input_hist_parsed.append((code_parsed if code_parsed is not None else code).rstrip("\n"))
+        hm.input_hist_raw.append(raw)
+        hm._iii, hm._ii, hm._i, hm._i00 = hm._ii, hm._i, hm._i00, raw
+        shell.push({"_i": hm._i, "_ii": hm._ii, "_iii": hm._iii, f"_i{n}": raw}, interactive=False)
         shell.execution_count = n
-        shell.history_manager.store_inputs(n, code_parsed if code_parsed is not None else code, code)
         if "Out" in extras:
             shell.displayhook.update_user_ns(extras["Out"])
         shell.execution_count = n + 1

@@ -28,8 +28,10 @@ class NotebookOSProvisioner(LocalProvisioner):
                         "removed at shutdown).").tag(config=True)
     raft_host = Unicode("127.0.0.1", help="Address the replicas' Raft ports bind to.").tag(config=True)
     replace_lost_replicas = Bool(True, help="Start a replacement when a replica dies.").tag(config=True)
+    send_yield = Bool(True, help="Send the replicas that do not run a cell a 'yield' copy of its request.").tag(
+        config=True)
 
-    _FRONT_OPTIONS = ("replicas", "commit_timeout", "store_dir", "raft_host", "replace_lost_replicas")
+    _FRONT_OPTIONS = ("replicas", "commit_timeout", "store_dir", "raft_host", "replace_lost_replicas", "send_yield")
 
     def __init__(self, **kwargs: Any):
         known = set(self.class_trait_names()) | {"kernel_id", "kernel_spec", "parent", "config", "log"}

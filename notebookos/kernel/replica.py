@@ -64,11 +64,15 @@ class ReplicaKernel(IPythonKernel):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
+        # ipykernel sleeps 0.5 ms before each execute_reply to let iopub drain; the reply already waits for a Raft
+        # commit and goes through the front, which orders nothing across channels anyway.
+        self._execute_sleep = 0
         self.host = socket.gethostname()
         self.diverged: str | None = None
         self._lead_meta: dict[str, Any] = {}
         self._last_seq = 0
         self._executing = False
+        self._yielded_to: str | None = None
         store_kwargs = {"root": self.store_dir} if self.store_name == "local" else {}
         self.store = load_store(self.store_name, **store_kwargs)
         self.tracker = NamespaceTracker(self.shell.user_ns, self.store, hidden=self.shell.user_ns_hidden)
@@ -90,14 +94,29 @@ class ReplicaKernel(IPythonKernel):
         register_magics(self.shell)
 
     # -- execution ---------------------------------------------------------------------------------------------
+    async def shell_main(self, subshell_id, msg):
+        """Take ``yield`` notices before ipykernel's dispatcher: they need no busy/idle and no reply.
+
+        A yielding replica learns the cell's effect from the Raft log; the notice only tells it which cell is
+        running elsewhere (shown in its status). Answering it like a request would cost the front two iopub
+        messages and a reply to parse and drop per replica per cell.
+        """
+        if self.session is not None:
+            try:
+                _, frames = self.session.feed_identities(msg, copy=False)  # [signature, header, parent, metadata, ...]
+                header_raw, metadata = _frame_bytes(frames[1]), _frame_bytes(frames[3])
+            except (ValueError, IndexError):
+                header_raw = metadata = b""
+            # The byte test keeps leads cheap; the parse makes sure the marker is ours, not nested client metadata.
+            if protocol.YIELD_MARKER in metadata and _role(self.session.unpack(metadata)) == protocol.ROLE_YIELD:
+                self._yielded_to = self.session.unpack(header_raw).get("msg_id")
+                return
+        await super().shell_main(subshell_id, msg)
+
     async def execute_request(self, stream, ident, parent):
         meta = (parent.get("metadata") or {}).get(protocol.META_KEY) or {}
-        if meta.get("role") == protocol.ROLE_YIELD:
-            content = {"status": "ok", "execution_count": self.execution_count, "user_expressions": {}, "payload": []}
-            self.session.send(
-                stream, "execute_reply", content, parent, ident=ident,
-                metadata={protocol.META_KEY: {"role": protocol.ROLE_YIELD, "replica": self.replica_id}},
-            )
+        if meta.get("role") == protocol.ROLE_YIELD:  # shell_main normally takes these; never run a yielded cell
+            self._yielded_to = parent["header"].get("msg_id")
             return
         self._lead_meta = meta
         problem = await self._prepare_to_lead(meta)
@@ -114,7 +133,7 @@ class ReplicaKernel(IPythonKernel):
         """Make sure this replica holds every committed cell before it runs the next one."""
         if self.diverged:
             return "ReplicaDiverged", self.diverged
-        if not await asyncio.to_thread(self.raft.wait_leader, self.ready_timeout):
+        if not self.raft.has_leader() and not await asyncio.to_thread(self.raft.wait_leader, self.ready_timeout):
             return "QuorumLost", f"no Raft leader after {self.ready_timeout:g} s ({self.raft.describe_quorum()})"
         try:
             if meta.get("fresh"):
@@ -163,7 +182,8 @@ class ReplicaKernel(IPythonKernel):
 
     def finish_metadata(self, parent, metadata, reply_content):
         metadata = super().finish_metadata(parent, metadata, reply_content)
-        metadata[protocol.META_KEY] = {"role": protocol.ROLE_LEAD, "replica": self.replica_id, "seq": self._last_seq}
+        metadata[protocol.META_KEY] = {"role": protocol.ROLE_LEAD, "replica": self.replica_id, "seq": self._last_seq,
+                                       "raft_address": self.raft_address, "raft_leader": self.raft.leader_address()}
         return metadata
 
     def _publish_error(self, ename: str, evalue: str) -> dict[str, Any]:
@@ -193,6 +213,7 @@ class ReplicaKernel(IPythonKernel):
             "applied_index": self.applier.applied_seq,
             "raft_applied_index": raft["applied_index"],
             "executing": self._executing,
+            "last_yielded_request": self._yielded_to,
             "diverged": self.diverged,
             "apply_errors": list(self.applier.errors[-5:]),
         }
@@ -207,8 +228,10 @@ class ReplicaKernel(IPythonKernel):
                 await self.raft.add_member(content["address"], content.get("timeout", self.commit_timeout))
             elif content["op"] == "remove":
                 await self.raft.remove_member(content["address"], content.get("timeout", self.commit_timeout))
+            elif content["op"] == "transfer":
+                await self.raft.transfer_leadership(content["address"], content.get("timeout", 2.0))
             else:
-                raise ValueError(f"unknown membership op {content['op']!r}; expected 'add' or 'remove'")
+                raise ValueError(f"unknown membership op {content['op']!r}; expected 'add', 'remove' or 'transfer'")
             reply = {"status": "ok"}
         except Exception as exc:
             reply = {"status": "error", "ename": type(exc).__name__, "evalue": str(exc),
@@ -241,6 +264,15 @@ class ReplicaKernel(IPythonKernel):
         self.raft.destroy()
         reply = super().do_shutdown(restart)
         return await reply if inspect.isawaitable(reply) else reply
+
+
+def _role(metadata: Any) -> str | None:
+    meta = metadata.get(protocol.META_KEY) if isinstance(metadata, dict) else None
+    return meta.get("role") if isinstance(meta, dict) else None
+
+
+def _frame_bytes(frame: Any) -> bytes:
+    return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ class NotebookOSFront(Application):
     replace_lost_replicas = Bool(True, help="Start a replacement when a replica dies.").tag(config=True)
     send_yield = Bool(True, help="Send the non-executing replicas a 'yield' copy of each execute_request.").tag(
         config=True)
-    status_interval = Float(1.0, help="Seconds between status polls of the replicas (for replicas()).").tag(
+    status_interval = Float(2.0, help="Seconds between status polls of the replicas (for replicas()).").tag(
         config=True)
     compaction_entries = Int(200, help="Raft log entries between snapshots.").tag(config=True)
 

@@ -210,7 +210,7 @@ class Supervisor:
         return True
 
     # -- liveness ----------------------------------------------------------------------------------------------
-    async def watch(self, interval: float = 0.05) -> None:
+    async def watch(self, interval: float = 0.1) -> None:
         while True:
             await self.check_now()
             await asyncio.sleep(interval)

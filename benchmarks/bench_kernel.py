@@ -138,6 +138,7 @@ def follower_clients(bench: Bench) -> dict[int, BlockingKernelClient]:
         kc = BlockingKernelClient(connection_file=row["connection_file"])
         kc.load_connection_file()
         kc.start_channels(shell=False, iopub=False, stdin=False, hb=False)
+        applied(kc)  # connect now, so connection setup is not counted as sync time
         clients[row["id"]] = kc
     return clients
 

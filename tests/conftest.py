@@ -119,7 +119,8 @@ class Kernel:
         try:
             self.client.stop_channels()
         finally:
-            self.km.shutdown_kernel(now=False)
+            if self.km.has_kernel:
+                self.km.shutdown_kernel(now=False)
 
 
 def stream_text(outputs: list[dict], name: str | None = None) -> str:

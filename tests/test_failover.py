@@ -119,7 +119,10 @@ def test_two_of_three_lost_refuses_to_commit(tmp_path):
         kernel.shutdown()
 
 
-def test_killing_the_front_leaves_no_replica_behind(kernel):
+def test_killing_the_front_leaves_no_replica_or_store_behind(kernel):
+    kernel.execute("import numpy as np\nbig = np.ones(400_000)")  # > 1 MiB: written to the object store
+    store = kernel.km.provisioner._store
+    assert store is not None and any(store.rglob("*")), "the large value should be in the kernel's store"
     pids = [r["pid"] for r in kernel.info()["replicas"]]
     front = kernel.km.provisioner.process.pid
     os.kill(front, signal.SIGKILL)
@@ -139,3 +142,5 @@ def test_killing_the_front_leaves_no_replica_behind(kernel):
         return True
 
     kernel.wait_for(all_gone, timeout=20, what="replicas to exit with their front")
+    kernel.km.shutdown_kernel(now=True)  # what Jupyter Server does once it sees the kernel died
+    assert not store.exists()

@@ -9,10 +9,14 @@ die with it. Options come from the kernelspec (``metadata.kernel_provisioner.con
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Float, Int, Unicode
+
+from .scratch import default_store_dir
 
 
 class UnknownKernelOption(ValueError):
@@ -43,14 +47,27 @@ class NotebookOSProvisioner(LocalProvisioner):
                 "Fix the kernelspec (`notebookos kernelspec show`) and start the kernel again."
             )
         super().__init__(**kwargs)
+        self._store: Path | None = None
         if self.replicas < 1:
             raise UnknownKernelOption(f"replicas must be >= 1, got {self.replicas}")
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         kwargs = await super().pre_launch(**kwargs)
+        if not self.store_dir and self._store is None:
+            # Chosen here, not in the front, so the store is removed even if the front is SIGKILLed (cleanup()).
+            self._store = default_store_dir(self.kernel_id)
         kwargs["cmd"] = list(kwargs["cmd"]) + self.front_arguments()
         return kwargs
 
     def front_arguments(self) -> list[str]:
         """This provisioner's options as the front's command-line config."""
-        return [f"--NotebookOSFront.{name}={getattr(self, name)}" for name in self._FRONT_OPTIONS]
+        values = {name: getattr(self, name) for name in self._FRONT_OPTIONS}
+        if self._store is not None:
+            values.update(store_dir=str(self._store), remove_store=True)
+        return [f"--NotebookOSFront.{name}={value}" for name, value in values.items()]
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await super().cleanup(restart)
+        if self._store is not None:
+            shutil.rmtree(self._store, ignore_errors=True)
+            self._store = None

@@ -181,12 +181,15 @@ class RaftNode:
             call()
 
     # -- proposals ---------------------------------------------------------------------------------------------
-    async def _propose(self, call: Callable[[Callable[[Any, int], None]], None], timeout: float, what: str) -> Any:
+    async def _propose(self, call: Callable[[Callable[[Any, int], None]], None], timeout: float, what: str,
+                       retry_denied: bool = False) -> Any:
         """Propose until committed or ``timeout``; retry only failures that mean "not committed, try again".
 
-        Every proposal made here is idempotent (cell entries carry an id the state machine deduplicates,
-        membership changes of an already-applied change are denied and treated as done by the caller).
+        Every proposal made here is idempotent (cell entries carry an id the state machine deduplicates; a
+        membership change is skipped when the group already has it). A membership change is also denied while
+        another is uncommitted, e.g. just after a leader change, so those retry on ``REQUEST_DENIED`` too.
         """
+        transient = _TRANSIENT | {FAIL_REASON.REQUEST_DENIED} if retry_denied else _TRANSIENT
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last = "no answer"
@@ -208,7 +211,7 @@ class RaftNode:
             if err == FAIL_REASON.SUCCESS:
                 return result
             last = _FAIL_NAMES.get(err, str(err))
-            if err not in _TRANSIENT or loop.time() + 0.05 >= deadline:
+            if err not in transient or loop.time() + 0.05 >= deadline:
                 raise CommitError(f"{what} failed: {last} ({self.describe_quorum()})")
             await asyncio.sleep(0.05)
 
@@ -223,14 +226,14 @@ class RaftNode:
     async def add_member(self, address: str, timeout: float) -> None:
         if address in self.status()["members"]:
             return
-        await self._propose(lambda cb: self._sync.addNodeToCluster(address, callback=cb), timeout, "add member")
+        await self._propose(lambda cb: self._sync.addNodeToCluster(address, callback=cb), timeout, "add member",
+                            retry_denied=True)
 
     async def remove_member(self, address: str, timeout: float) -> None:
         if address not in self.status()["members"]:
             return
-        await self._propose(
-            lambda cb: self._sync.removeNodeFromCluster(address, callback=cb), timeout, "remove member"
-        )
+        await self._propose(lambda cb: self._sync.removeNodeFromCluster(address, callback=cb), timeout,
+                            "remove member", retry_denied=True)
 
     async def transfer_leadership(self, address: str, timeout: float) -> None:
         """Ask this node, if it leads, to hand leadership to ``address`` (Raft TimeoutNow; best effort)."""

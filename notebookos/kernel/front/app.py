@@ -24,6 +24,7 @@ from jupyter_client.session import Session
 from traitlets import Bool, Float, Int, Unicode, validate
 from traitlets.config import Application
 
+from ..scratch import default_store_dir
 from .executor import LastExecutorPolicy
 from .relay import Relay
 from .supervisor import Supervisor
@@ -39,8 +40,11 @@ class NotebookOSFront(Application):
     replicas = Int(3, help="Number of kernel replicas; Raft needs 3 to survive the loss of one.").tag(config=True)
     raft_host = Unicode("127.0.0.1", help="Address replicas bind their Raft ports to. Loopback unless the "
                         "replicas span hosts: Raft traffic carries pickles.").tag(config=True)
-    store_dir = Unicode("", help="Object store directory for large values (default: a per-kernel temporary "
-                        "directory removed at shutdown).").tag(config=True)
+    store_dir = Unicode("", help="Object store directory for values over 1 MiB. Default: a per-kernel directory "
+                        "on tmpfs (/dev/shm) when writable, else in the temporary directory, removed when the "
+                        "kernel ends (see notebookos.kernel.scratch).").tag(config=True)
+    remove_store = Bool(False, help="Remove store_dir when the kernel ends (set by the provisioner for the store "
+                        "it chose; a store_dir you configure is kept).").tag(config=True)
     commit_timeout = Float(10.0, help="Seconds a cell's commit may wait for a Raft quorum.").tag(config=True)
     replace_lost_replicas = Bool(True, help="Start a replacement when a replica dies.").tag(config=True)
     send_yield = Bool(True, help="Send the non-executing replicas a 'yield' copy of each execute_request.").tag(
@@ -71,7 +75,11 @@ class NotebookOSFront(Application):
     async def _run(self) -> None:
         connection = json.loads(Path(self.connection_file).read_text())
         runtime_dir = Path(tempfile.mkdtemp(prefix="notebookos-kernel-"))
-        store_dir = self.store_dir or str(runtime_dir / "objects")
+        # The provisioner normally chooses (and later removes) the store; run alone, the front does both.
+        own_store = None if self.store_dir else default_store_dir(runtime_dir.name)
+        if self.store_dir and self.remove_store:
+            own_store = Path(self.store_dir)
+        store_dir = self.store_dir or str(own_store)
         context = zmq.asyncio.Context()
         client_session = Session(key=connection.get("key", "").encode(),
                                  signature_scheme=connection.get("signature_scheme", "hmac-sha256"))
@@ -107,6 +115,8 @@ class NotebookOSFront(Application):
             context.term()
             if not os.environ.get("NOTEBOOKOS_KEEP_RUNTIME"):
                 shutil.rmtree(runtime_dir, ignore_errors=True)
+                if own_store is not None:
+                    shutil.rmtree(own_store, ignore_errors=True)
 
 
 def _start_heartbeat(connection: dict) -> None:

@@ -237,40 +237,50 @@ class Supervisor:
         except TimeoutError:
             pass
 
-    async def replace(self, dead: ReplicaHandle) -> ReplicaHandle | None:
-        """Take a dead replica out of the Raft group and start a new one that joins and catches up."""
+    async def replace(self, dead: ReplicaHandle, attempts: int = 5) -> ReplicaHandle | None:
+        """Take a dead replica out of the Raft group and start a new one that joins and catches up.
+
+        Retried with backoff while the group keeps its quorum: a membership change can be refused for a while
+        after the dead replica was the Raft leader (the new leader must first commit an entry of its term).
+        """
         while self._replacing:
             await asyncio.sleep(0.05)
         self._replacing = True
         try:
-            if not self.has_quorum():
-                log.error("replica %d lost and the group has no quorum: not replacing", dead.id)
-                return None
-            via = self.live[0]
-            reply = await self.request(via, protocol.MEMBERSHIP_REQUEST,
-                                       {"op": "remove", "address": dead.raft_address}, timeout=15.0)
-            if reply.get("status") != "ok":
-                log.error("could not remove replica %d from the Raft group: %s", dead.id, reply.get("evalue"))
-                return None
-            dead.member = False
-            peers = [r.raft_address for r in self.live]
-            new = self.launch(peers)
-            new.member = False
-            via = self.live[0]
-            reply = await self.request(via, protocol.MEMBERSHIP_REQUEST,
-                                       {"op": "add", "address": new.raft_address}, timeout=15.0)
-            if reply.get("status") != "ok":
-                log.error("replacement replica %d could not join: %s", new.id, reply.get("evalue"))
-                self.kill(new)
-                return None
-            new.member = True
-            log.info("replica %d replaced by %d", dead.id, new.id)
-            return new
-        except TimeoutError:
-            log.error("replacing replica %d timed out", dead.id)
+            for attempt in range(attempts):
+                if not self.has_quorum() or not self.replace_lost:
+                    log.error("replica %d lost and the group has no quorum: not replacing", dead.id)
+                    return None
+                try:
+                    new = await self._replace_once(dead)
+                except (TimeoutError, RuntimeError) as exc:
+                    log.warning("replacing replica %d, attempt %d: %s", dead.id, attempt + 1, exc)
+                    new = None
+                if new is not None:
+                    return new
+                await asyncio.sleep(0.5 * 2 ** attempt)
+            log.error("gave up replacing replica %d after %d attempts", dead.id, attempts)
             return None
         finally:
             self._replacing = False
+
+    async def _replace_once(self, dead: ReplicaHandle) -> ReplicaHandle | None:
+        if dead.member:
+            reply = await self.request(self.live[0], protocol.MEMBERSHIP_REQUEST,
+                                       {"op": "remove", "address": dead.raft_address}, timeout=15.0)
+            if reply.get("status") != "ok":
+                raise RuntimeError(f"could not remove it from the Raft group: {reply.get('evalue')}")
+            dead.member = False
+        new = self.launch([r.raft_address for r in self.live])
+        new.member = False
+        reply = await self.request(self.live[0], protocol.MEMBERSHIP_REQUEST,
+                                   {"op": "add", "address": new.raft_address}, timeout=15.0)
+        if reply.get("status") != "ok":
+            self.kill(new)
+            raise RuntimeError(f"replacement replica {new.id} could not join: {reply.get('evalue')}")
+        new.member = True
+        log.info("replica %d replaced by %d", dead.id, new.id)
+        return new
 
     # -- teardown ----------------------------------------------------------------------------------------------
     def kill(self, handle: ReplicaHandle) -> None:

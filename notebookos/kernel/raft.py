@@ -162,12 +162,20 @@ class RaftNode:
         cell_log: CellLog,
         secret: str | None,
         tuning: RaftTuning | None = None,
+        campaign_now: bool = False,
     ):
         self.address = self_address
         self.cell_log = cell_log
         self.tuning = tuning or RaftTuning()
         # SyncObj's tick thread exits when the thread that created it does: create it on the main thread.
         self._sync = SyncObj(self_address, peer_addresses, self.tuning.conf(secret), consumers=[cell_log])
+        if campaign_now:
+            # A new group has no leader to wait out: let the replica that will run the first cell stand for
+            # election at once instead of after a random 0.4-0.8 s election timeout. (PySyncObj has no option
+            # for this; the attribute is its election deadline, and nothing else is touched.)
+            deadline = "_SyncObj__raftElectionDeadline"
+            if hasattr(self._sync, deadline):
+                setattr(self._sync, deadline, time.monotonic() + 0.02)
         # Calls that touch PySyncObj's transport directly must run on its tick thread.
         self._on_tick: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._sync.addOnTickCallback(self._drain_tick_calls)

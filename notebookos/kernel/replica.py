@@ -22,7 +22,7 @@ from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.kernelapp import IPKernelApp
-from traitlets import Float, Int, List, Unicode
+from traitlets import Bool, Float, Int, List, Unicode
 
 from ..objectstore import load_store
 from . import protocol
@@ -58,6 +58,8 @@ class ReplicaKernel(IPythonKernel):
     ready_timeout = Float(30.0, help="Seconds the first cell waits for the Raft group to elect a leader.").tag(
         config=True
     )
+    campaign_now = Bool(False, help="Stand for Raft leader at start instead of after an election timeout "
+                        "(the front sets it for the replica that will run the first cell).").tag(config=True)
     compaction_entries = Int(
         200, help="Raft log entries after which the log is compacted into a snapshot of the committed refs."
     ).tag(config=True)
@@ -85,6 +87,7 @@ class ReplicaKernel(IPythonKernel):
             self.cell_log,
             os.environ.get(protocol.RAFT_SECRET_ENV) or None,
             RaftTuning(compaction_min_entries=self.compaction_entries),
+            campaign_now=self.campaign_now,
         )
         self.control_handlers[protocol.STATUS_REQUEST] = self.notebookos_status_request
         self.control_handlers[protocol.MEMBERSHIP_REQUEST] = self.notebookos_membership_request

@@ -128,7 +128,7 @@ class Supervisor:
         return 2 * len(self.live) > len(self.members)
 
     # -- launching ---------------------------------------------------------------------------------------------
-    def launch(self, peers: list[str], raft_address: str | None = None) -> ReplicaHandle:
+    def launch(self, peers: list[str], raft_address: str | None = None, campaign_now: bool = False) -> ReplicaHandle:
         rid = self._next_id
         self._next_id += 1
         ports = _free_ports(self.host, 6)
@@ -149,7 +149,8 @@ class Supervisor:
         conn_file.write_text(json.dumps(connection))
         os.chmod(conn_file, 0o600)
         config = {"ReplicaKernel": {**self.replica_config, "replica_id": rid, "raft_address": raft_address,
-                                    "raft_peers": [p for p in peers if p != raft_address]}}
+                                    "raft_peers": [p for p in peers if p != raft_address],
+                                    "campaign_now": campaign_now}}
         config_file = self.runtime_dir / f"replica-{rid}-config.json"
         config_file.write_text(json.dumps(config))
         # One hash seed for the whole group, so str hashing and set order agree on every replica.
@@ -186,7 +187,8 @@ class Supervisor:
     def start(self, count: int) -> list[ReplicaHandle]:
         """Launch the initial group; every member is told every other member's Raft address up front."""
         addresses = [f"{self.host}:{port}" for port in _free_ports(self.host, count)]
-        return [self.launch(addresses, raft_address=address) for address in addresses]
+        # The lowest id runs the first cell (LastExecutorPolicy): let it become Raft leader right away.
+        return [self.launch(addresses, raft_address=address, campaign_now=i == 0) for i, address in enumerate(addresses)]
 
     # -- control requests to replicas -------------------------------------------------------------------------
     async def request(self, handle: ReplicaHandle, msg_type: str, content: dict[str, Any],

@@ -1,0 +1,175 @@
+"""The scheduler's view of a cluster: hosts and their GPUs, kernels and where their replicas are.
+
+Plain data with the bookkeeping that must never go wrong (GPU commit and release) in one place, so that the
+policies (``policy.py``), the live service and the simulator share it. Time is passed in by the caller (wall clock
+in the service, simulated time in the simulator); nothing here sleeps or does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class AccountingError(RuntimeError):
+    """A GPU commit or release that would make the accounting wrong (double commit, negative free GPUs)."""
+
+
+@dataclass(frozen=True)
+class ResourceRequest:
+    """What one replica of a kernel needs: GPUs bound while a cell runs; CPU and memory held while placed."""
+
+    gpus: int = 1
+    cpus: float = 1.0
+    memory_mb: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.gpus < 0 or self.cpus < 0 or self.memory_mb < 0:
+            raise ValueError(f"resource request must not be negative: {self}")
+
+
+@dataclass
+class Host:
+    """One GPU server."""
+
+    id: str
+    gpus: int = 8
+    cpus: float = 64.0
+    memory_mb: int = 512 * 1024
+    #: device id -> (kernel id, replica id) holding it for a running cell
+    committed: dict[int, tuple[str, int]] = field(default_factory=dict)
+    #: replicas placed here: (kernel id, replica id)
+    replicas: set[tuple[str, int]] = field(default_factory=set)
+    #: GPUs requested by the replicas placed here (what the oversubscription cap limits)
+    subscribed_gpus: int = 0
+    cpus_used: float = 0.0
+    memory_used_mb: int = 0
+    online_since: float = 0.0
+    idle_since: float | None = 0.0
+    draining: bool = False
+
+    @property
+    def free_gpus(self) -> list[int]:
+        return [d for d in range(self.gpus) if d not in self.committed]
+
+    @property
+    def subscription_ratio(self) -> float:
+        return self.subscribed_gpus / self.gpus if self.gpus else float("inf")
+
+
+@dataclass
+class ReplicaRecord:
+    kernel_id: str
+    replica_id: int
+    host_id: str
+
+
+@dataclass
+class KernelRecord:
+    id: str
+    request: ResourceRequest
+    replicas: dict[int, ReplicaRecord] = field(default_factory=dict)
+    last_executor: int | None = None
+    #: (replica id, device ids) while a cell runs
+    running: tuple[int, tuple[int, ...]] | None = None
+    last_active: float = 0.0
+    next_replica_id: int = 1
+
+
+class Cluster:
+    """Hosts and kernels, with GPU commit/release that keep the accounting exact."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, Host] = {}
+        self.kernels: dict[str, KernelRecord] = {}
+
+    # -- hosts -----------------------------------------------------------------------------------------------
+    def add_host(self, host: Host) -> Host:
+        if host.id in self.hosts:
+            raise ValueError(f"host {host.id!r} is already registered")
+        self.hosts[host.id] = host
+        return host
+
+    def remove_host(self, host_id: str) -> Host:
+        host = self.hosts[host_id]
+        if host.replicas or host.committed:
+            raise AccountingError(f"host {host_id!r} still has replicas or committed GPUs; migrate them first")
+        return self.hosts.pop(host_id)
+
+    # -- kernels and replicas --------------------------------------------------------------------------------
+    def add_kernel(self, kernel_id: str, request: ResourceRequest, now: float = 0.0) -> KernelRecord:
+        if kernel_id in self.kernels:
+            raise ValueError(f"kernel {kernel_id!r} already exists")
+        record = self.kernels[kernel_id] = KernelRecord(kernel_id, request, last_active=now)
+        return record
+
+    def place_replica(self, kernel_id: str, host_id: str, replica_id: int | None = None) -> ReplicaRecord:
+        kernel, host = self.kernels[kernel_id], self.hosts[host_id]
+        if any(r.host_id == host_id for r in kernel.replicas.values()):
+            raise AccountingError(f"kernel {kernel_id!r} already has a replica on host {host_id!r}")
+        rid = replica_id if replica_id is not None else kernel.next_replica_id
+        kernel.next_replica_id = max(kernel.next_replica_id, rid + 1)
+        record = kernel.replicas[rid] = ReplicaRecord(kernel_id, rid, host_id)
+        host.replicas.add((kernel_id, rid))
+        host.subscribed_gpus += kernel.request.gpus
+        host.cpus_used += kernel.request.cpus
+        host.memory_used_mb += kernel.request.memory_mb
+        host.idle_since = None
+        return record
+
+    def remove_replica(self, kernel_id: str, replica_id: int, now: float = 0.0) -> None:
+        kernel = self.kernels[kernel_id]
+        record = kernel.replicas.pop(replica_id)
+        host = self.hosts[record.host_id]
+        if kernel.running is not None and kernel.running[0] == replica_id:
+            self.release(kernel_id, now)
+        host.replicas.discard((kernel_id, replica_id))
+        host.subscribed_gpus -= kernel.request.gpus
+        host.cpus_used -= kernel.request.cpus
+        host.memory_used_mb -= kernel.request.memory_mb
+        if not host.replicas:
+            host.idle_since = now
+
+    def remove_kernel(self, kernel_id: str, now: float = 0.0) -> None:
+        for rid in list(self.kernels[kernel_id].replicas):
+            self.remove_replica(kernel_id, rid, now)
+        del self.kernels[kernel_id]
+
+    # -- GPU binding -----------------------------------------------------------------------------------------
+    def commit(self, kernel_id: str, replica_id: int, now: float = 0.0) -> tuple[int, ...]:
+        """Bind the kernel's GPU request on the replica's host for one cell; returns the device ids."""
+        kernel = self.kernels[kernel_id]
+        if kernel.running is not None:
+            raise AccountingError(f"kernel {kernel_id!r} already runs a cell on replica {kernel.running[0]}")
+        host = self.hosts[kernel.replicas[replica_id].host_id]
+        free = host.free_gpus
+        if len(free) < kernel.request.gpus:
+            raise AccountingError(f"host {host.id!r} has {len(free)} free GPUs, kernel needs {kernel.request.gpus}")
+        devices = tuple(free[: kernel.request.gpus])
+        for d in devices:
+            host.committed[d] = (kernel_id, replica_id)
+        kernel.running = (replica_id, devices)
+        kernel.last_executor = replica_id
+        kernel.last_active = now
+        return devices
+
+    def release(self, kernel_id: str, now: float = 0.0) -> None:
+        kernel = self.kernels[kernel_id]
+        if kernel.running is None:
+            raise AccountingError(f"kernel {kernel_id!r} has no GPUs bound")
+        replica_id, devices = kernel.running
+        host = self.hosts[kernel.replicas[replica_id].host_id]
+        for d in devices:
+            if host.committed.get(d) != (kernel_id, replica_id):
+                raise AccountingError(f"device {d} of host {host.id!r} is not held by {kernel_id!r}/{replica_id}")
+            del host.committed[d]
+        kernel.running = None
+        kernel.last_active = now
+
+    # -- totals ----------------------------------------------------------------------------------------------
+    @property
+    def gpus_online(self) -> int:
+        return sum(h.gpus for h in self.hosts.values())
+
+    @property
+    def gpus_committed(self) -> int:
+        return sum(len(h.committed) for h in self.hosts.values())

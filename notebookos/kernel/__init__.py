@@ -4,6 +4,8 @@ Inside a notebook running on the ``notebookos`` kernel::
 
     import notebookos.kernel
     notebookos.kernel.replicas()   # one dict per replica: id, pid, host, raft_role, last_executor, alive, ...
+    notebookos.kernel.gpus()       # GPU device ids bound to the running cell ([] between cells)
+    notebookos.kernel.device()     # torch.device of the first bound GPU (cpu when none)
 
 ``%replicas`` shows the same as a table.
 """
@@ -34,3 +36,16 @@ def replicas() -> list[dict[str, Any]]:
     """
     rows = _current_replica().replicas()
     return [{key: row.get(key) for key in REPLICA_FIELDS} for row in sorted(rows, key=lambda r: r.get("id", 0))]
+
+
+def gpus() -> list[int]:
+    """The GPU device ids (on this replica's host) bound to the running cell; empty between cells."""
+    return list(_current_replica().devices.devices)
+
+
+def device():
+    """A ``torch.device`` for the first GPU bound to the running cell, or ``cpu`` when none is bound.
+
+    Subprocesses the cell starts see the bound GPUs through ``CUDA_VISIBLE_DEVICES``.
+    """
+    return _current_replica().devices.torch_device()

@@ -32,10 +32,14 @@ class NotebookOSProvisioner(LocalProvisioner):
                         "removed at shutdown).").tag(config=True)
     raft_host = Unicode("127.0.0.1", help="Address the replicas' Raft ports bind to.").tag(config=True)
     replace_lost_replicas = Bool(True, help="Start a replacement when a replica dies.").tag(config=True)
+    gpus = Unicode("", help="Standalone: comma-separated GPU device ids a cell gets while it runs.").tag(config=True)
+    executor_policy_class = Unicode("", help="Import path of the front's ExecutorPolicy (default: the "
+                                    "standalone last-executor policy).").tag(config=True)
     send_yield = Bool(True, help="Send the replicas that do not run a cell a 'yield' copy of its request.").tag(
         config=True)
 
-    _FRONT_OPTIONS = ("replicas", "commit_timeout", "store_dir", "raft_host", "replace_lost_replicas", "send_yield")
+    _FRONT_OPTIONS = ("replicas", "commit_timeout", "store_dir", "raft_host", "replace_lost_replicas", "send_yield",
+                      "gpus", "executor_policy_class")
 
     def __init__(self, **kwargs: Any):
         known = set(self.class_trait_names()) | {"kernel_id", "kernel_spec", "parent", "config", "log"}
@@ -62,6 +66,8 @@ class NotebookOSProvisioner(LocalProvisioner):
     def front_arguments(self) -> list[str]:
         """This provisioner's options as the front's command-line config."""
         values = {name: getattr(self, name) for name in self._FRONT_OPTIONS}
+        if not values["executor_policy_class"]:
+            del values["executor_policy_class"]
         if self._store is not None:
             values.update(store_dir=str(self._store), remove_store=True)
         return [f"--NotebookOSFront.{name}={value}" for name, value in values.items()]

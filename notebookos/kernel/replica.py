@@ -27,6 +27,7 @@ from traitlets import Bool, Float, Int, List, Unicode
 from ..objectstore import load_store
 from . import protocol
 from .applier import Applier
+from .devices import DeviceBinding
 from .namespace import NamespaceTracker, format_unserialisable_warning
 from .raft import CellLog, CommitError, RaftNode, RaftTuning
 from .serialize import namespace_digests
@@ -75,6 +76,7 @@ class ReplicaKernel(IPythonKernel):
         self._last_seq = 0
         self._executing = False
         self._yielded_to: str | None = None
+        self.devices = DeviceBinding()
         store_kwargs = {"root": self.store_dir} if self.store_name == "local" else {}
         self.store = load_store(self.store_name, **store_kwargs)
         self.tracker = NamespaceTracker(self.shell.user_ns, self.store, hidden=self.shell.user_ns_hidden)
@@ -127,9 +129,11 @@ class ReplicaKernel(IPythonKernel):
             self._send_error_reply(stream, ident, parent, *problem)
             return
         self._executing = True
+        self.devices.bind(tuple(meta.get("devices") or ()))
         try:
             await super().execute_request(stream, ident, parent)
         finally:
+            self.devices.release()  # the reply has been sent
             self._executing = False
 
     async def _prepare_to_lead(self, meta: dict[str, Any]) -> tuple[str, str] | None:
@@ -186,6 +190,7 @@ class ReplicaKernel(IPythonKernel):
     def finish_metadata(self, parent, metadata, reply_content):
         metadata = super().finish_metadata(parent, metadata, reply_content)
         metadata[protocol.META_KEY] = {"role": protocol.ROLE_LEAD, "replica": self.replica_id, "seq": self._last_seq,
+                                       "host": self.host, "devices": list(self.devices.devices),
                                        "raft_address": self.raft_address, "raft_leader": self.raft.leader_address()}
         return metadata
 
@@ -216,6 +221,7 @@ class ReplicaKernel(IPythonKernel):
             "applied_index": self.applier.applied_seq,
             "raft_applied_index": raft["applied_index"],
             "executing": self._executing,
+            "devices": list(self.devices.devices),
             "last_yielded_request": self._yielded_to,
             "diverged": self.diverged,
             "apply_errors": list(self.applier.errors[-5:]),

@@ -21,11 +21,11 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
-from traitlets import Bool, Float, Int, Unicode, validate
+from traitlets import Bool, Float, Int, Type, Unicode, validate
 from traitlets.config import Application
 
 from ..scratch import default_store_dir
-from .executor import LastExecutorPolicy
+from .executor import ExecutorPolicy, LastExecutorPolicy
 from .relay import Relay
 from .supervisor import Supervisor
 
@@ -51,6 +51,10 @@ class NotebookOSFront(Application):
         config=True)
     status_interval = Float(2.0, help="Seconds between status polls of the replicas (for replicas()).").tag(
         config=True)
+    gpus = Unicode("", help="Standalone mode: comma-separated GPU device ids of this machine that a cell gets "
+                   "(bound only while it runs). Empty: none.").tag(config=True)
+    executor_policy_class = Type(LastExecutorPolicy, klass=ExecutorPolicy,
+                                 help="Chooses the replica and GPUs of each cell.").tag(config=True)
     compaction_entries = Int(200, help="Raft log entries between snapshots.").tag(config=True)
 
     aliases = {
@@ -65,6 +69,15 @@ class NotebookOSFront(Application):
         if proposal["value"] < 1:
             raise ValueError(f"replicas must be >= 1, got {proposal['value']}")
         return proposal["value"]
+
+    def _make_policy(self) -> ExecutorPolicy:
+        try:
+            devices = tuple(int(d) for d in self.gpus.split(",") if d.strip())
+        except ValueError:
+            raise ValueError(f"gpus must be comma-separated device ids, got {self.gpus!r}") from None
+        if self.executor_policy_class is LastExecutorPolicy:
+            return LastExecutorPolicy(devices)
+        return self.executor_policy_class()
 
     def start(self) -> None:
         if not self.connection_file:
@@ -91,7 +104,7 @@ class NotebookOSFront(Application):
             host=self.raft_host,
         )
         supervisor.replace_lost = self.replace_lost_replicas
-        relay = Relay(context, connection, client_session, supervisor, LastExecutorPolicy(), self.send_yield)
+        relay = Relay(context, connection, client_session, supervisor, self._make_policy(), self.send_yield)
         relay.bind()
         _start_heartbeat(connection)
         relay.start()

@@ -1,7 +1,8 @@
-"""Which replica runs a cell: the interface the front asks, and the standalone policy.
+"""Which replica runs a cell, with which GPUs: the interface the front asks, and the standalone policy.
 
-The cluster scheduler implements :class:`ExecutorPolicy` too (it also pre-commits GPUs in ``choose`` and releases
-them in ``cell_finished``); the front does not know which one it talks to.
+The cluster scheduler's client implements :class:`ExecutorPolicy` too (it pre-commits GPUs in ``choose`` and
+releases them in ``cell_finished``); the front does not know which one it talks to. A policy may answer
+:class:`Wait` when no replica can get GPUs yet; the front tells the user in the cell's output and asks again.
 """
 
 from __future__ import annotations
@@ -19,24 +20,45 @@ class ReplicaView:
     alive: bool
 
 
+@dataclass(frozen=True)
+class ExecutorChoice:
+    """Run the cell on ``replica`` with ``devices`` (GPU device ids on its host) bound for the cell."""
+
+    replica: int
+    devices: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Wait:
+    """No GPU for the cell yet; ``position`` in the queue (1 = next), ``reason`` shown to the user."""
+
+    position: int
+    reason: str = "all GPUs are busy"
+
+
 class ExecutorPolicy(abc.ABC):
-    """Chooses the replica that leads each execute_request."""
+    """Chooses the replica (and GPUs) that lead each execute_request."""
 
     @abc.abstractmethod
-    async def choose(self, replicas: list[ReplicaView], last_executor: int | None) -> int:
-        """Return the id of the live replica that should run the next cell."""
+    async def choose(self, replicas: list[ReplicaView], last_executor: int | None) -> ExecutorChoice | Wait:
+        """The live replica that should run the next cell and the devices it gets, or :class:`Wait`."""
 
     async def cell_finished(self, replica_id: int) -> None:  # noqa: B027 - optional hook
-        """Called when the chosen replica's execute_reply (or its death) ends the cell."""
+        """The chosen replica's execute_reply (or its death) ended the cell: release what ``choose`` bound."""
 
 
 class LastExecutorPolicy(ExecutorPolicy):
-    """The last executor while it is alive (its caches are warm), else the lowest-id live replica."""
+    """Standalone: the last executor while it is alive (its caches are warm), else the lowest-id live replica.
 
-    async def choose(self, replicas: list[ReplicaView], last_executor: int | None) -> int:
+    ``devices`` are this machine's GPUs that a cell gets (all replicas run here); none by default.
+    """
+
+    def __init__(self, devices: tuple[int, ...] = ()):
+        self.devices = tuple(devices)
+
+    async def choose(self, replicas: list[ReplicaView], last_executor: int | None) -> ExecutorChoice:
         live = sorted(r.id for r in replicas if r.alive)
         if not live:
             raise LookupError("no live replica to run the cell")
-        if last_executor in live:
-            return last_executor
-        return live[0]
+        chosen = last_executor if last_executor in live else live[0]
+        return ExecutorChoice(chosen, self.devices)

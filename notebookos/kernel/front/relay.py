@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ import zmq.asyncio
 from jupyter_client.session import Session
 
 from .. import protocol
-from .executor import ExecutorPolicy, ReplicaView
+from .executor import ExecutorChoice, ExecutorPolicy, ReplicaView
 from .supervisor import ReplicaHandle, Supervisor
 from .wire import BadMessage, Signer, WireMessage, parse
 
@@ -91,6 +91,10 @@ class Relay:
         self.committed_seq = 0
         self.dropped = 0
         self._next_transfer = 0.0
+        self.wait_retry = 0.5  # seconds between asks while a cell waits for a GPU
+        self._dispatch_lock = asyncio.Lock()
+        self._redo: deque[WireMessage] = deque()
+        self._dispatches: set[asyncio.Task] = set()
         self.shutdown = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         supervisor.on_sockets = self._watch_replica
@@ -204,28 +208,63 @@ class Relay:
         self.pending[msg.msg_id] = Pending(target.id, channel, msg)
         await self._to_replica(target, channel, msg)
 
-    async def _execute(self, msg: WireMessage) -> None:
-        sup = self.supervisor
-        await sup.check_now()
-        if not sup.has_quorum():
-            await self._error_reply(
-                "shell", msg, "QuorumLost",
-                f"this kernel has lost quorum: {len(sup.live)} of {len(sup.members)} replicas are alive, so it "
-                "cannot commit state and refuses to run cells. The state as of the last committed cell is intact "
-                "on the surviving replica; restart the kernel to continue.")
-            return
-        views = [ReplicaView(h.id, h.status.get("host", ""), h.alive) for h in sup.members]
+    async def _execute(self, msg: WireMessage | None) -> None:
+        """Dispatch off the client loop (a cell may wait for a GPU) but strictly in arrival order."""
+        task = asyncio.ensure_future(self._dispatch_in_order(msg))
+        self._dispatches.add(task)
+        task.add_done_callback(self._dispatches.discard)
+
+    async def _dispatch_in_order(self, msg: WireMessage | None) -> None:
+        async with self._dispatch_lock:
+            # Reap dead replicas first: cells they never started go back in line ahead of this one.
+            await self.supervisor.check_now()
+            while self._redo:
+                await self._dispatch_safely(self._redo.popleft())
+            if msg is not None:
+                await self._dispatch_safely(msg)
+
+    async def _dispatch_safely(self, msg: WireMessage) -> None:
         try:
-            chosen = await self.policy.choose(views, self.last_executor)
-        except LookupError as exc:
-            await self._error_reply("shell", msg, "NoReplica", str(exc))
-            return
+            await self._dispatch(msg)
+        except Exception as exc:
+            log.exception("could not dispatch %s", msg.msg_id)
+            await self._error_reply("shell", msg, "DispatchError", f"the kernel front could not run the cell: {exc}")
+
+    async def _dispatch(self, msg: WireMessage) -> None:
+        sup = self.supervisor
+        shown = None
+        while True:
+            if not sup.has_quorum():
+                await self._error_reply(
+                    "shell", msg, "QuorumLost",
+                    f"this kernel has lost quorum: {len(sup.live)} of {len(sup.members)} replicas are alive, so it "
+                    "cannot commit state and refuses to run cells. The state as of the last committed cell is "
+                    "intact on the surviving replica; restart the kernel to continue.")
+                return
+            views = [ReplicaView(h.id, h.status.get("host", ""), h.alive) for h in sup.members]
+            try:
+                choice = await self.policy.choose(views, self.last_executor)
+            except LookupError as exc:
+                await self._error_reply("shell", msg, "NoReplica", str(exc))
+                return
+            if isinstance(choice, ExecutorChoice):
+                break
+            if (choice.position, choice.reason) != shown:
+                shown = (choice.position, choice.reason)
+                await self._send_client("iopub", "stream", {
+                    "name": "stderr",
+                    "text": f"notebookos: waiting for a GPU (position {choice.position} in the queue: "
+                            f"{choice.reason}); the cell starts when one is free.\n"}, msg)
+            await asyncio.sleep(self.wait_retry)
+            await sup.check_now()
+        chosen = choice.replica
         fresh = self.last_executor is not None and chosen != self.last_executor
         self.last_executor = chosen
         table = [h.view(chosen) for h in sup.replicas.values() if h.member or h.alive]
         self.owner[msg.msg_id] = chosen
         self.inflight.setdefault(chosen, OrderedDict())[msg.msg_id] = msg
-        role = {"role": protocol.ROLE_LEAD, "after_seq": self.committed_seq, "fresh": fresh, "replicas": table}
+        role = {"role": protocol.ROLE_LEAD, "after_seq": self.committed_seq, "fresh": fresh, "replicas": table,
+                "devices": list(choice.devices)}
         await self._to_replica(sup.replicas[chosen], "shell",
                                msg.with_metadata({**msg.metadata, protocol.META_KEY: role}))
 
@@ -411,9 +450,9 @@ class Relay:
         queue = list(self.inflight.pop(handle.id, OrderedDict()).values())
         started = [m for m in queue if m.msg_id in self.started]
         if not started:
-            # Nothing reached the client from these cells, so none of them began: run them elsewhere.
-            for msg in queue:
-                await self._execute(msg)
+            # Nothing reached the client from these cells, so none of them began: run them elsewhere, in order.
+            self._redo.extend(queue)
+            await self._execute(None)
         for i, msg in enumerate(queue if started else []):
             if i == 0:
                 await self._error_reply(

@@ -108,7 +108,7 @@ class NotebookOSFront(Application):
         relay.bind()
         _start_heartbeat(connection)
         relay.start()
-        supervisor.start(self.replicas)
+        await supervisor.start(self.replicas)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, relay.shutdown.set)

@@ -10,14 +10,9 @@ from a snapshot plus the log.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import json
 import logging
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +24,7 @@ import zmq.asyncio
 from jupyter_client.session import Session
 
 from .. import protocol
+from .launchers import Launched, LaunchSpec, LocalLauncher, ReplicaLauncher
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +45,6 @@ def _free_ports(host: str, count: int) -> list[int]:
     return ports
 
 
-def _die_with_parent() -> None:
-    """Run in the replica between fork and exec: PR_SET_PDEATHSIG, so replicas die with their front."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 == PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 @dataclass
 class ReplicaHandle:
     """The front's view of one replica process and its sockets."""
@@ -65,22 +53,23 @@ class ReplicaHandle:
     connection: dict[str, Any]
     connection_file: str
     raft_address: str
-    process: subprocess.Popen | None = None
+    launched: Launched | None = None
     alive: bool = True
     member: bool = True
     started_at: float = field(default_factory=time.monotonic)
+    host_id: str | None = None
     status: dict[str, Any] = field(default_factory=dict)
     sockets: dict[str, zmq.asyncio.Socket] = field(default_factory=dict)
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+        return self.launched.pid if self.launched else None
 
     def view(self, last_executor: int | None) -> dict[str, Any]:
         return {
             "id": self.id,
             "pid": self.pid,
-            "host": self.status.get("host", socket.gethostname()),
+            "host": self.status.get("host") or (self.launched.host if self.launched else socket.gethostname()),
             "raft_role": self.status.get("raft_role", "starting") if self.alive else "dead",
             "last_executor": self.id == last_executor,
             "alive": self.alive,
@@ -99,8 +88,10 @@ class Supervisor:
         raft_secret: str,
         replica_config: dict[str, Any],
         host: str = "127.0.0.1",
+        launcher: ReplicaLauncher | None = None,
     ):
         self.context = context
+        self.launcher = launcher or LocalLauncher()
         self.runtime_dir = runtime_dir
         self.session = internal_session
         self.raft_secret = raft_secret
@@ -128,9 +119,10 @@ class Supervisor:
         return 2 * len(self.live) > len(self.members)
 
     # -- launching ---------------------------------------------------------------------------------------------
-    def launch(self, peers: list[str], raft_address: str | None = None, campaign_now: bool = False) -> ReplicaHandle:
-        rid = self._next_id
-        self._next_id += 1
+    async def launch(self, peers: list[str], raft_address: str | None = None, campaign_now: bool = False,
+                     host_id: str | None = None, replica_id: int | None = None) -> ReplicaHandle:
+        rid = replica_id if replica_id is not None else self._next_id
+        self._next_id = max(self._next_id, rid + 1)
         ports = _free_ports(self.host, 6)
         connection = {
             "transport": "tcp",
@@ -145,26 +137,19 @@ class Supervisor:
             "kernel_name": "notebookos-replica",
         }
         raft_address = raft_address or f"{self.host}:{ports[5]}"
-        conn_file = self.runtime_dir / f"replica-{rid}.json"
-        conn_file.write_text(json.dumps(connection))
-        os.chmod(conn_file, 0o600)
         config = {"ReplicaKernel": {**self.replica_config, "replica_id": rid, "raft_address": raft_address,
                                     "raft_peers": [p for p in peers if p != raft_address],
                                     "campaign_now": campaign_now}}
-        config_file = self.runtime_dir / f"replica-{rid}-config.json"
-        config_file.write_text(json.dumps(config))
         # One hash seed for the whole group, so str hashing and set order agree on every replica.
-        env = {**os.environ, protocol.RAFT_SECRET_ENV: self.raft_secret, "PYTHONHASHSEED": self.hash_seed}
-        log_file = open(self.runtime_dir / f"replica-{rid}.log", "ab")  # noqa: SIM115 - owned by the child
-        cmd = [sys.executable, "-m", "notebookos.kernel.replica", "-f", str(conn_file), f"--config={config_file}",
-               "--IPKernelApp.log_level=WARN"]
-        process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                   preexec_fn=_die_with_parent, cwd=os.getcwd())
-        log_file.close()
-        handle = ReplicaHandle(rid, connection, str(conn_file), raft_address, process)
+        env = {protocol.RAFT_SECRET_ENV: self.raft_secret, "PYTHONHASHSEED": self.hash_seed}
+        spec = LaunchSpec(rid, connection, config, env, self.runtime_dir, host_id)
+        launched = await self.launcher.launch(spec)
+        handle = ReplicaHandle(rid, connection, str(self.runtime_dir / f"replica-{rid}.json"), raft_address,
+                               launched)
+        handle.host_id = host_id
         self._connect(handle)
         self.replicas[rid] = handle
-        log.info("started replica %d (pid %d, raft %s)", rid, process.pid, raft_address)
+        log.info("started replica %d (pid %s on %s, raft %s)", rid, launched.pid, launched.host, raft_address)
         return handle
 
     def _connect(self, handle: ReplicaHandle) -> None:
@@ -184,11 +169,13 @@ class Supervisor:
         if self.on_sockets:
             self.on_sockets(handle)
 
-    def start(self, count: int) -> list[ReplicaHandle]:
+    async def start(self, count: int, hosts: list[str | None] | None = None) -> list[ReplicaHandle]:
         """Launch the initial group; every member is told every other member's Raft address up front."""
         addresses = [f"{self.host}:{port}" for port in _free_ports(self.host, count)]
+        hosts = hosts or [None] * count
         # The lowest id runs the first cell (LastExecutorPolicy): let it become Raft leader right away.
-        return [self.launch(addresses, raft_address=address, campaign_now=i == 0) for i, address in enumerate(addresses)]
+        return [await self.launch(addresses, raft_address=address, campaign_now=i == 0, host_id=hosts[i])
+                for i, address in enumerate(addresses)]
 
     # -- control requests to replicas -------------------------------------------------------------------------
     async def request(self, handle: ReplicaHandle, msg_type: str, content: dict[str, Any],
@@ -214,15 +201,17 @@ class Supervisor:
     # -- liveness ----------------------------------------------------------------------------------------------
     async def watch(self, interval: float = 0.1) -> None:
         while True:
+            await self.launcher.refresh()
             await self.check_now()
             await asyncio.sleep(interval)
 
     async def check_now(self) -> None:
-        """Reap dead replicas now (a waitpid per replica): cheap enough to run before every cell."""
+        """Reap dead replicas now (locally a waitpid per replica): cheap enough to run before every cell."""
         for handle in list(self.replicas.values()):
-            if handle.alive and handle.process is not None and handle.process.poll() is not None:
+            code = self.launcher.exit_code(handle.launched) if handle.alive and handle.launched else None
+            if code is not None:
                 handle.alive = False
-                log.warning("replica %d (pid %s) exited with %s", handle.id, handle.pid, handle.process.returncode)
+                log.warning("replica %d (pid %s) exited with %s", handle.id, handle.pid, code)
                 if self.on_lost:
                     await self.on_lost(handle)
                 if self.replace_lost and handle.member:
@@ -266,38 +255,39 @@ class Supervisor:
         finally:
             self._replacing = False
 
-    async def _replace_once(self, dead: ReplicaHandle) -> ReplicaHandle | None:
+    async def _replace_once(self, dead: ReplicaHandle, host_id: str | None = None) -> ReplicaHandle | None:
         if dead.member:
             reply = await self.request(self.live[0], protocol.MEMBERSHIP_REQUEST,
                                        {"op": "remove", "address": dead.raft_address}, timeout=15.0)
             if reply.get("status") != "ok":
                 raise RuntimeError(f"could not remove it from the Raft group: {reply.get('evalue')}")
             dead.member = False
-        new = self.launch([r.raft_address for r in self.live])
+        new = await self.launch([r.raft_address for r in self.live], host_id=host_id)
         new.member = False
         reply = await self.request(self.live[0], protocol.MEMBERSHIP_REQUEST,
                                    {"op": "add", "address": new.raft_address}, timeout=15.0)
         if reply.get("status") != "ok":
-            self.kill(new)
+            await self.kill(new)
             raise RuntimeError(f"replacement replica {new.id} could not join: {reply.get('evalue')}")
         new.member = True
         log.info("replica %d replaced by %d", dead.id, new.id)
         return new
 
     # -- teardown ----------------------------------------------------------------------------------------------
-    def kill(self, handle: ReplicaHandle) -> None:
-        if handle.process is not None and handle.process.poll() is None:
-            handle.process.kill()
+    async def kill(self, handle: ReplicaHandle) -> None:
+        if handle.launched is not None and self.launcher.exit_code(handle.launched) is None:
+            await self.launcher.kill(handle.launched)
         handle.alive = False
 
     async def stop_all(self, grace: float = 2.0) -> None:
+        running = [h for h in self.replicas.values() if h.launched and self.launcher.exit_code(h.launched) is None]
+        for handle in running:
+            await self.launcher.terminate(handle.launched)
         deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(self.launcher.exit_code(h.launched) is None for h in running):
+            await asyncio.sleep(0.02)
+            await self.launcher.refresh()
         for handle in self.replicas.values():
-            if handle.process is not None and handle.process.poll() is None:
-                handle.process.terminate()
-        for handle in self.replicas.values():
-            while handle.process is not None and handle.process.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            self.kill(handle)
+            await self.kill(handle)
             for sock in handle.sockets.values():
                 sock.close(linger=0)

@@ -1,0 +1,108 @@
+"""How the front starts and stops replica processes: here (standalone) or through a host daemon (cluster).
+
+A small abstract base in the style of jupyter_client's provisioners. The supervisor decides *what* to launch
+(replica id, connection, Raft configuration, secret); a launcher only knows *where* and *how*.
+"""
+
+from __future__ import annotations
+
+import abc
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LaunchSpec:
+    """Everything a replica process needs: its Jupyter connection, its ReplicaKernel config and environment."""
+
+    replica_id: int
+    connection: dict[str, Any]
+    config: dict[str, Any]
+    env: dict[str, str]
+    runtime_dir: Path
+    host_id: str | None = None  # where the scheduler placed it (cluster mode)
+
+
+@dataclass
+class Launched:
+    """A replica process as its launcher knows it."""
+
+    pid: int | None
+    host: str
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class ReplicaLauncher(abc.ABC):
+    @abc.abstractmethod
+    async def launch(self, spec: LaunchSpec) -> Launched:
+        """Start the replica process described by ``spec``."""
+
+    @abc.abstractmethod
+    def exit_code(self, launched: Launched) -> int | None:
+        """The process's exit code if it has ended, else None (from the launcher's latest knowledge)."""
+
+    async def refresh(self) -> None:  # noqa: B027 - launchers that learn liveness remotely override it
+        """Update what ``exit_code`` knows (a remote launcher asks its host daemons)."""
+
+    @abc.abstractmethod
+    async def terminate(self, launched: Launched) -> None:
+        """Ask the process to exit (SIGTERM)."""
+
+    @abc.abstractmethod
+    async def kill(self, launched: Launched) -> None:
+        """Stop the process now (SIGKILL)."""
+
+
+def die_with_parent() -> None:
+    """Run in the replica between fork and exec: PR_SET_PDEATHSIG, so replicas die with their front."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 == PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def replica_command(connection_file: Path, config_file: Path) -> list[str]:
+    return [sys.executable, "-m", "notebookos.kernel.replica", "-f", str(connection_file),
+            f"--config={config_file}", "--IPKernelApp.log_level=WARN"]
+
+
+def write_launch_files(spec: LaunchSpec) -> tuple[Path, Path]:
+    """The replica's connection file and config file, private to this user."""
+    conn_file = spec.runtime_dir / f"replica-{spec.replica_id}.json"
+    conn_file.write_text(json.dumps(spec.connection))
+    os.chmod(conn_file, 0o600)
+    config_file = spec.runtime_dir / f"replica-{spec.replica_id}-config.json"
+    config_file.write_text(json.dumps(spec.config))
+    os.chmod(config_file, 0o600)
+    return conn_file, config_file
+
+
+class LocalLauncher(ReplicaLauncher):
+    """Replicas as child processes of the front, on this machine."""
+
+    async def launch(self, spec: LaunchSpec) -> Launched:
+        conn_file, config_file = write_launch_files(spec)
+        env = {**os.environ, **spec.env}
+        with open(spec.runtime_dir / f"replica-{spec.replica_id}.log", "ab") as log_file:
+            process = subprocess.Popen(replica_command(conn_file, config_file), env=env, stdin=subprocess.DEVNULL,
+                                       stdout=log_file, stderr=log_file, preexec_fn=die_with_parent,
+                                       cwd=os.getcwd())
+        return Launched(process.pid, spec.connection["ip"], {"process": process})
+
+    def exit_code(self, launched: Launched) -> int | None:
+        return launched.state["process"].poll()
+
+    async def terminate(self, launched: Launched) -> None:
+        if launched.state["process"].poll() is None:
+            launched.state["process"].terminate()
+
+    async def kill(self, launched: Launched) -> None:
+        if launched.state["process"].poll() is None:
+            launched.state["process"].kill()

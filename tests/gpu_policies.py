@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from notebookos.kernel.front.executor import ExecutorChoice, ExecutorPolicy, ReplicaView, Wait
+from notebookos.kernel.front.executor import ExecutorChoice, ExecutorPolicy, Migrate, ReplicaView, Wait
 
 
 class WaitTwicePolicy(ExecutorPolicy):
@@ -21,3 +21,21 @@ class WaitTwicePolicy(ExecutorPolicy):
 
     async def cell_finished(self, replica_id: int) -> None:
         self.released += 1
+
+
+class MigrateFirstPolicy(ExecutorPolicy):
+    """Moves the lowest-id replica once, before the second cell, as a scheduler does when its host is full."""
+
+    def __init__(self) -> None:
+        self.cells = 0
+        self.moved: list[tuple[int, int]] = []
+
+    async def choose(self, replicas: list[ReplicaView], last_executor: int | None) -> ExecutorChoice | Migrate:
+        live = sorted(r.id for r in replicas if r.alive)
+        if self.cells == 1 and not self.moved:
+            return Migrate(replica=last_executor if last_executor in live else live[0])
+        self.cells += 1
+        return ExecutorChoice(last_executor if last_executor in live else live[0])
+
+    async def migrated(self, old_replica: int, new_replica: int, host_id: str | None) -> None:
+        self.moved.append((old_replica, new_replica))

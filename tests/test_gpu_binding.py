@@ -85,3 +85,33 @@ def test_a_cell_waiting_for_a_gpu_says_so_and_runs_when_granted():
         assert k.reply(msg_id)["status"] == "ok"
     finally:
         k.shutdown()
+
+
+def test_migration_moves_a_replica_process_and_keeps_the_variables():
+    import os
+
+    k = Kernel(executor_policy_class="tests.gpu_policies.MigrateFirstPolicy")
+    try:
+        k.execute("import numpy as np\nweights = np.arange(500_000)  # 4 MB: through the object store\nstep = 7")
+        before = {r["id"]: r["pid"] for r in k.info()["replicas"] if r["alive"]}
+        moved = min(before)
+        reply, outputs = k.execute("print(step, int(weights.sum()))")
+        assert reply["status"] == "ok", reply
+        assert "moving replica" in stream_text(outputs, "stderr")
+        assert stream_text(outputs, "stdout") == f"7 {sum(range(500_000))}\n"
+        rows = {r["id"]: r for r in k.info()["replicas"]}
+        assert not rows[moved]["alive"] and not rows[moved]["member"]
+        new_ids = [i for i, r in rows.items() if i not in before and r["alive"] and r["member"]]
+        assert len(new_ids) == 1
+        assert k.info()["last_executor"] == new_ids[0] or k.info()["last_executor"] in before
+        k.wait_for(lambda: not os.path.exists(f"/proc/{before[moved]}") or
+                   open(f"/proc/{before[moved]}/stat").read().split()[2] == "Z", what="old replica process to exit")
+        digests = k.wait_for(lambda: _same(k.digests()), what="replicas to agree")
+        assert set(map(int, digests)) == (set(before) - {moved}) | set(new_ids)
+    finally:
+        k.shutdown()
+
+
+def _same(replicas):
+    values = [r.get("digests") for r in replicas.values()]
+    return replicas if values and values[0] and all(v == values[0] for v in values) else None

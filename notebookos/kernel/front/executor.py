@@ -2,7 +2,8 @@
 
 The cluster scheduler's client implements :class:`ExecutorPolicy` too (it pre-commits GPUs in ``choose`` and
 releases them in ``cell_finished``); the front does not know which one it talks to. A policy may answer
-:class:`Wait` when no replica can get GPUs yet; the front tells the user in the cell's output and asks again.
+:class:`Wait` when no replica can get GPUs yet (the front tells the user in the cell's output and asks again) or
+:class:`Migrate` (the front moves that replica to a host that has GPUs, then asks again).
 """
 
 from __future__ import annotations
@@ -36,15 +37,28 @@ class Wait:
     reason: str = "all GPUs are busy"
 
 
+@dataclass(frozen=True)
+class Migrate:
+    """No replica's host can get GPUs: move ``replica`` to ``host_id`` (the front does it), then ask again."""
+
+    replica: int
+    host_id: str | None = None
+
+
 class ExecutorPolicy(abc.ABC):
     """Chooses the replica (and GPUs) that lead each execute_request."""
 
     @abc.abstractmethod
-    async def choose(self, replicas: list[ReplicaView], last_executor: int | None) -> ExecutorChoice | Wait:
-        """The live replica that should run the next cell and the devices it gets, or :class:`Wait`."""
+    async def choose(self, replicas: list[ReplicaView], last_executor: int | None
+                     ) -> ExecutorChoice | Wait | Migrate:
+        """The live replica that should run the next cell and the devices it gets, or :class:`Wait` or
+        :class:`Migrate`."""
 
     async def cell_finished(self, replica_id: int) -> None:  # noqa: B027 - optional hook
         """The chosen replica's execute_reply (or its death) ended the cell: release what ``choose`` bound."""
+
+    async def migrated(self, old_replica: int, new_replica: int, host_id: str | None) -> None:  # noqa: B027
+        """A :class:`Migrate` was carried out: ``new_replica`` on ``host_id`` replaced ``old_replica``."""
 
 
 class LastExecutorPolicy(ExecutorPolicy):

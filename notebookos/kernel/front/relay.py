@@ -30,7 +30,7 @@ import zmq.asyncio
 from jupyter_client.session import Session
 
 from .. import protocol
-from .executor import ExecutorChoice, ExecutorPolicy, ReplicaView
+from .executor import ExecutorChoice, ExecutorPolicy, Migrate, ReplicaView
 from .supervisor import ReplicaHandle, Supervisor
 from .wire import BadMessage, Signer, WireMessage, parse
 
@@ -249,6 +249,9 @@ class Relay:
                 return
             if isinstance(choice, ExecutorChoice):
                 break
+            if isinstance(choice, Migrate):
+                await self._migrate(msg, choice)
+                continue
             if (choice.position, choice.reason) != shown:
                 shown = (choice.position, choice.reason)
                 await self._send_client("iopub", "stream", {
@@ -267,6 +270,18 @@ class Relay:
                 "devices": list(choice.devices)}
         await self._to_replica(sup.replicas[chosen], "shell",
                                msg.with_metadata({**msg.metadata, protocol.META_KEY: role}))
+
+    async def _migrate(self, msg: WireMessage, choice: Migrate) -> None:
+        old = self.supervisor.replicas.get(choice.replica)
+        if old is None or not old.alive:
+            raise LookupError(f"cannot migrate replica {choice.replica}: it is not alive")
+        await self._send_client("iopub", "stream", {
+            "name": "stderr", "text": f"notebookos: moving replica {old.id} to host {choice.host_id or 'here'} "
+                                      "where a GPU is free; the cell starts right after.\n"}, msg)
+        new = await self.supervisor.migrate(old, choice.host_id, self.committed_seq)
+        if self.last_executor == old.id:
+            self.last_executor = None
+        await self.policy.migrated(old.id, new.id, choice.host_id)
 
     async def _send_yields(self, msg: WireMessage, executor: int) -> None:
         """Tell the other replicas they yielded ``msg``: after the executor's reply, off the cell's critical path.

@@ -273,6 +273,45 @@ class Supervisor:
         log.info("replica %d replaced by %d", dead.id, new.id)
         return new
 
+    async def migrate(self, old: ReplicaHandle, host_id: str | None, catch_up_seq: int,
+                      timeout: float = 60.0) -> ReplicaHandle:
+        """Move a live replica to ``host_id``: a new replica joins the Raft group and catches up, then the old one
+        leaves and stops. The group keeps its quorum throughout (it grows by one before it shrinks)."""
+        while self._replacing:
+            await asyncio.sleep(0.05)
+        self._replacing = True
+        try:
+            new = await self.launch([r.raft_address for r in self.live], host_id=host_id)
+            new.member = False
+            reply = await self.request(self.live[0], protocol.MEMBERSHIP_REQUEST,
+                                       {"op": "add", "address": new.raft_address}, timeout=15.0)
+            if reply.get("status") != "ok":
+                await self.kill(new)
+                raise RuntimeError(f"new replica {new.id} could not join: {reply.get('evalue')}")
+            new.member = True
+            deadline = time.monotonic() + timeout
+            while True:  # caught up: it has applied every cell committed so far
+                try:
+                    new.status = await self.request(new, protocol.STATUS_REQUEST, {}, timeout=5.0)
+                except TimeoutError:
+                    new.status = {}
+                if new.status.get("applied_index", -1) >= catch_up_seq:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"replica {new.id} did not catch up within {timeout:g} s")
+                await asyncio.sleep(0.1)
+            old.member = False
+            reply = await self.request(new, protocol.MEMBERSHIP_REQUEST,
+                                       {"op": "remove", "address": old.raft_address}, timeout=15.0)
+            if reply.get("status") != "ok":
+                log.error("migrated replica %d could not leave the group: %s", old.id, reply.get("evalue"))
+            await self.launcher.terminate(old.launched)
+            old.alive = False
+            log.info("replica %d migrated to replica %d on %s", old.id, new.id, host_id or new.launched.host)
+            return new
+        finally:
+            self._replacing = False
+
     # -- teardown ----------------------------------------------------------------------------------------------
     async def kill(self, handle: ReplicaHandle) -> None:
         if handle.launched is not None and self.launcher.exit_code(handle.launched) is None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from notebookos import __version__
 from notebookos import kernelspec as ks
+from notebookos.scheduler import app_cli
 
 #: The jupyter_server trait that picks the kernel for new notebooks (``GET /api/kernelspecs`` reports it
 #: as ``default``). It is defined on ``jupyter_client.multikernelmanager.MultiKernelManager``; the
@@ -236,9 +237,19 @@ def _add_lab(subparsers: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------------------- parser
 
 #: Functions that each add one subcommand to the ``notebookos`` parser, in the order ``--help`` lists them.
+def _add_sim(subparsers: argparse._SubParsersAction) -> None:
+    from notebookos.scheduler.sim.cli import add_parser
+
+    add_parser(subparsers)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_kernelspec,
     _add_lab,
+    app_cli.add_up_parser,
+    app_cli.add_scheduler_parser,
+    app_cli.add_hostd_parser,
+    _add_sim,
 ]
 
 

@@ -118,10 +118,10 @@ class Cluster:
 
     def remove_replica(self, kernel_id: str, replica_id: int, now: float = 0.0) -> None:
         kernel = self.kernels[kernel_id]
+        if kernel.running is not None and kernel.running[0] == replica_id:
+            self.release(kernel_id, now)  # before the record goes: release() finds the host through it
         record = kernel.replicas.pop(replica_id)
         host = self.hosts[record.host_id]
-        if kernel.running is not None and kernel.running[0] == replica_id:
-            self.release(kernel_id, now)
         host.replicas.discard((kernel_id, replica_id))
         host.subscribed_gpus -= kernel.request.gpus
         host.cpus_used -= kernel.request.cpus

@@ -56,7 +56,11 @@ class Queue:
 Decision = Run | Migrate | ScaleOut | Queue
 
 
-class SchedulerPolicy(LoggingConfigurable, abc.ABC):
+class _PolicyMeta(type(LoggingConfigurable), abc.ABCMeta):
+    """traitlets' metaclass and ABCMeta together (a class cannot have both as bases' metaclasses otherwise)."""
+
+
+class SchedulerPolicy(LoggingConfigurable, metaclass=_PolicyMeta):
     """Where replicas go and which replica runs each cell."""
 
     name = "base"

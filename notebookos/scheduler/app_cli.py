@@ -1,0 +1,206 @@
+"""Command-line entry points of the cluster services: ``notebookos scheduler``, ``notebookos hostd``, ``notebookos up``.
+
+``add_scheduler_parser``, ``add_hostd_parser`` and ``add_up_parser`` each add one subcommand to the ``notebookos``
+parser (``notebookos/cli.py`` lists them in ``COMMANDS``). Each sets ``func`` (the handler), ``parser`` and
+``passthrough=True``: ``scheduler`` and ``hostd`` hand every argument they do not declare to traitlets, so any
+configurable can be set as ``--Class.trait=value`` (``--SchedulerService.check_interval=1``,
+``--NotebookOSPolicy.some_trait=...``); ``up`` passes its unknown arguments on to JupyterLab.
+
+The same parsers run standalone: ``python -m notebookos.scheduler.service``, ``python -m
+notebookos.scheduler.hostd``, ``python -m notebookos.scheduler.up`` (:func:`scheduler_main`, :func:`hostd_main`,
+:func:`up_main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+TOKEN_HELP = ("token for the cluster API (default: $NOTEBOOKOS_SCHEDULER_TOKEN; prefer the environment: "
+              "command lines are visible to every user of the machine)")
+
+#: argparse dest -> SchedulerService trait
+SCHEDULER_OPTIONS = {
+    "ip": "ip", "port": "port", "public_url": "public_url", "token": "token", "info_file": "info_file",
+    "policy": "policy", "replicas_per_kernel": "replicas_per_kernel",
+    "oversubscription": "oversubscription_ratio", "max_hosts": "max_hosts", "min_hosts": "min_hosts",
+    "host_gpus": "host_gpus", "host_provider": "host_provider", "host_idle_limit": "host_idle_limit",
+    "session_idle_limit": "session_idle_limit", "prewarm_pool_size": "prewarm_pool_size",
+    "check_interval": "check_interval", "log_level": "log_level",
+}
+
+#: argparse dest -> HostDaemon trait
+HOSTD_OPTIONS = {
+    "scheduler_url": "scheduler_url", "token": "token", "host_id": "host_id", "ip": "ip", "port": "port",
+    "public_url": "public_url", "virtual_gpus": "virtual_gpus", "use_nvml": "use_nvml",
+    "runtime_dir": "runtime_dir", "stop_grace": "stop_grace", "info_file": "info_file", "log_level": "log_level",
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="traitlets config file (.py or .json); command-line options win")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARN", "ERROR", "CRITICAL"], help="default INFO")
+
+
+def scheduler_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ip", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8766; 0: a free port, see --info-file)")
+    p.add_argument("--public-url", help="URL hosts and fronts reach the scheduler at (default http://IP:PORT)")
+    p.add_argument("--token", help=TOKEN_HELP)
+    p.add_argument("--info-file", help="write {url, token, pid} to FILE (mode 0600) once listening")
+    p.add_argument("--policy", help="scheduling policy: notebookos, reservation, batch, or module:Class "
+                   "(default notebookos)")
+    p.add_argument("--replicas-per-kernel", type=int, help="replicas per kernel (default: the policy's)")
+    p.add_argument("--oversubscription", type=float, help="max GPU subscription ratio per host (default 7)")
+    p.add_argument("--max-hosts", type=int, help="largest cluster size scale-out may reach (default 64)")
+    p.add_argument("--min-hosts", type=int, help="scale-in keeps at least this many hosts (default 0)")
+    p.add_argument("--host-gpus", type=int, help="GPUs of a host added by scale-out (default 8)")
+    p.add_argument("--host-provider", help="host provider for scale-out/in (default local)")
+    p.add_argument("--host-idle-limit", type=float, help="seconds before an idle provider-added host is removed "
+                   "(default 600; 0: never)")
+    p.add_argument("--session-idle-limit", type=float, help="seconds before an idle kernel is reclaimed "
+                   "(default 0: never)")
+    p.add_argument("--prewarm-pool-size", type=int, help="accepted, not implemented yet")
+    p.add_argument("--check-interval", type=float, help="seconds between housekeeping passes (default 5)")
+    _common(p)
+
+
+def hostd_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler-url", help="scheduler to register with (empty: none)")
+    p.add_argument("--token", help=TOKEN_HELP)
+    p.add_argument("--host-id", help="this host's id (default HOSTNAME:PORT)")
+    p.add_argument("--ip", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 0: a free port)")
+    p.add_argument("--public-url", help="URL the scheduler and fronts reach this daemon at (default http://IP:PORT)")
+    p.add_argument("--virtual-gpus", type=int, help="virtual GPUs when NVML finds none "
+                   "(default $NOTEBOOKOS_VIRTUAL_GPUS, else 8)")
+    p.add_argument("--no-nvml", dest="use_nvml", action="store_const", const=False,
+                   help="report virtual GPUs even where NVML finds real ones")
+    p.add_argument("--runtime-dir", help="directory for replica files and logs (default: a temporary one)")
+    p.add_argument("--stop-grace", type=float, help="seconds between SIGTERM and SIGKILL for a replica (default 3)")
+    p.add_argument("--info-file", help="write {url, host_id, pid} to FILE (mode 0600) once listening")
+    _common(p)
+
+
+def up_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", default="notebookos", help="scheduling policy (default notebookos)")
+    p.add_argument("--hosts", type=int, default=4, help="host daemons to start (default 4)")
+    p.add_argument("--gpus-per-host", type=int, default=8, help="virtual GPUs per host (default 8)")
+    p.add_argument("--max-hosts", type=int, help="let the scheduler add local hosts up to this many "
+                   "(default: --hosts, no scale-out)")
+    p.add_argument("--replicas-per-kernel", type=int, help="replicas per kernel (default: the policy's)")
+    p.add_argument("--scheduler-port", type=int, default=0, help="scheduler port (default 0: a free port)")
+    p.add_argument("--runtime-dir", help="directory for logs and the cluster info file "
+                   "(default: a temporary directory, removed on exit)")
+    p.add_argument("--no-lab", action="store_true", help="run only the cluster (scheduler and hosts), no JupyterLab")
+
+
+def _traitlets_argv(cls_name: str, args: argparse.Namespace, options: dict[str, str]) -> list[str]:
+    argv = []
+    for dest, trait in options.items():
+        value = getattr(args, dest, None)
+        if value is None and dest == "log_level":
+            value = "INFO"
+        if value is not None:
+            argv.append(f"--{cls_name}.{trait}={value}")
+    return argv
+
+
+def _configure(app: Any, args: argparse.Namespace, argv: list[str]) -> None:
+    if getattr(args, "config", None):
+        import os
+
+        path = os.path.abspath(args.config)
+        app.load_config_file(os.path.basename(path), path=os.path.dirname(path))
+    app.parse_command_line(argv)
+
+
+def run_scheduler(args: argparse.Namespace) -> int:
+    from .service import SchedulerService
+
+    app = SchedulerService()
+    _configure(app, args, _traitlets_argv("SchedulerService", args, SCHEDULER_OPTIONS) + list(args.extra or []))
+    try:
+        app.start()
+    except (ValueError, OSError) as exc:  # unknown policy or provider, address in use, ...
+        print(f"notebookos scheduler: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_hostd(args: argparse.Namespace) -> int:
+    from .hostd import HostDaemon
+
+    app = HostDaemon()
+    _configure(app, args, _traitlets_argv("HostDaemon", args, HOSTD_OPTIONS) + list(args.extra or []))
+    try:
+        app.start()
+    except (RuntimeError, ValueError, OSError) as exc:  # registration refused, no token, address in use, ...
+        print(f"notebookos hostd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from .up import up
+
+    return up(args)
+
+
+def add_scheduler_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "scheduler", help="run the cluster scheduler (REST service)",
+        description="Run the notebookos cluster scheduler: placement, executor choice, GPU binding, migration, "
+        "autoscaling. Other traitlets options: --SchedulerService.<trait>=<value>, --<Policy>.<trait>=<value>.",
+        allow_abbrev=False)
+    scheduler_arguments(p)
+    p.set_defaults(func=run_scheduler, parser=p, passthrough=True)
+    return p
+
+
+def add_hostd_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "hostd", help="run a host daemon (one per GPU server)",
+        description="Run the notebookos host daemon: registers this server's GPUs with the scheduler and starts "
+        "and stops kernel replicas on it. Other traitlets options: --HostDaemon.<trait>=<value>.",
+        allow_abbrev=False)
+    hostd_arguments(p)
+    p.set_defaults(func=run_hostd, parser=p, passthrough=True)
+    return p
+
+
+def add_up_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "up", help="start a local cluster (scheduler, host daemons with virtual GPUs) and JupyterLab",
+        description="Start a scheduler and N host daemons with virtual GPUs on this machine, wait until every "
+        "host registered, then run JupyterLab with the notebookos kernel as default and the scheduler's URL "
+        "and token in the kernels' environment. Arguments not listed here go to JupyterLab. Ctrl-C stops "
+        "everything it started.", allow_abbrev=False)
+    up_arguments(p)
+    p.set_defaults(func=run_up, parser=p, passthrough=True)
+    return p
+
+
+def _standalone(prog: str, add: Any, argv: Sequence[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog=prog)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sp = add(sub)
+    args, extra = sp.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if "--" in extra:
+        extra.remove("--")
+    args.extra = extra
+    return int(args.func(args) or 0)
+
+
+def scheduler_main(argv: Sequence[str] | None = None) -> int:
+    return _standalone("notebookos", add_scheduler_parser, argv)
+
+
+def hostd_main(argv: Sequence[str] | None = None) -> int:
+    return _standalone("notebookos", add_hostd_parser, argv)
+
+
+def up_main(argv: Sequence[str] | None = None) -> int:
+    return _standalone("notebookos", add_up_parser, argv)

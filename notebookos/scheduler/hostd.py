@@ -1,0 +1,410 @@
+"""``notebookos hostd``: the host daemon, one per GPU server.
+
+It reports the host's GPUs (NVML where present, virtual GPUs otherwise; see ``gpus.py``), CPUs and memory to the
+scheduler, and launches and stops the replica processes of kernels on this host, exactly as the standalone front
+does (``python -m notebookos.kernel.replica -f CONNECTION_FILE --config=CONFIG.json``, the group's Raft secret in
+``$NOTEBOOKOS_RAFT_SECRET``, ``PR_SET_PDEATHSIG`` so no replica outlives the daemon).
+
+REST API (every request needs ``Authorization: token TOKEN``, else 403; errors are ``{"error": ...}``):
+
+``GET /api/gpus`` -> ``{"host_id", "gpus": [{"index", "name", "memory_mb", "uuid", "virtual"}]}``
+``POST /api/replicas`` ``{kernel_id, replica_id, connection, config, raft_secret, hash_seed?, cwd?}`` -> 201
+    ``{"pid", "kernel_id", "replica_id", "log"}``. ``connection`` is a Jupyter connection dict (``ip``,
+    ``transport``, the five ``*_port``, ``key``, ``signature_scheme``); ``config`` the ``ReplicaKernel`` traits
+    (``replica_id`` is filled in from the body; a dict with a ``"ReplicaKernel"`` key is taken as a whole
+    traitlets config); ``hash_seed`` sets ``PYTHONHASHSEED`` (give the whole group one seed); ``cwd`` the
+    replica's working directory when it exists here. 409 if that replica is already running.
+``GET /api/replicas`` -> ``{"replicas": [{"kernel_id", "replica_id", "pid", "alive", "exit_code", "uptime_s"}]}``
+``DELETE /api/replicas/{kernel_id}/{replica_id}`` -> ``{"kernel_id", "replica_id", "pid", "exit_code"}``:
+    SIGTERM, then SIGKILL after ``stop_grace`` seconds.
+
+On start it registers with the scheduler (``POST /api/hosts``), retrying until the scheduler answers; on SIGINT or
+SIGTERM it deregisters, stops every replica it launched, and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from traitlets import Bool, Float, Int, Unicode, default
+from traitlets.config import Application
+
+from .gpus import GPUInfo, discover_gpus
+from .service import SCHEDULER_TOKEN_ENV, APIError, JSONHandler, NotFoundHandler, req_dict, req_int, req_str
+
+RAFT_SECRET_ENV = "NOTEBOOKOS_RAFT_SECRET"  # notebookos.kernel.protocol.RAFT_SECRET_ENV
+KERNEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+
+
+def _die_with_parent() -> None:
+    """In the replica between fork and exec: SIGKILL it when the daemon dies (as the standalone front does)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 == PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def memory_mb() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (ValueError, OSError):
+        return 0
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class LaunchedReplica:
+    kernel_id: str
+    replica_id: int
+    process: subprocess.Popen
+    directory: Path
+    log: Path
+    started: float = field(default_factory=time.monotonic)
+
+    def view(self) -> dict[str, Any]:
+        code = self.process.poll()
+        return {"kernel_id": self.kernel_id, "replica_id": self.replica_id, "pid": self.process.pid,
+                "alive": code is None, "exit_code": code, "uptime_s": round(time.monotonic() - self.started, 3),
+                "log": str(self.log)}
+
+
+class HostDaemon(Application):
+    """One GPU server's daemon: reports its GPUs and launches the replicas placed on it."""
+
+    name = "notebookos-hostd"
+    description = "notebookos host daemon: reports this server's GPUs and runs kernel replicas on it."
+
+    scheduler_url = Unicode("", help="Scheduler to register with (empty: run without one).").tag(config=True)
+    token = Unicode(help="Token for the scheduler and for this daemon's own API "
+                    f"(default ${SCHEDULER_TOKEN_ENV}).").tag(config=True)
+    host_id = Unicode("", help="This host's id in the cluster (default HOSTNAME:PORT).").tag(config=True)
+    ip = Unicode("127.0.0.1", help="Address the REST API listens on.").tag(config=True)
+    port = Int(0, help="Port the REST API listens on (0: a free port).").tag(config=True)
+    public_url = Unicode("", help="URL the scheduler and fronts use to reach this daemon "
+                         "(default http://IP:PORT).").tag(config=True)
+    virtual_gpus = Int(None, allow_none=True, help="Virtual GPUs to report when NVML finds none "
+                       "(default $NOTEBOOKOS_VIRTUAL_GPUS, else 8).").tag(config=True)
+    use_nvml = Bool(True, help="Report the GPUs NVML finds (nvidia-ml-py); False: always virtual GPUs.").tag(
+        config=True)
+    runtime_dir = Unicode("", help="Directory for replicas' connection files, configs and logs "
+                          "(default: a new temporary directory, removed on exit).").tag(config=True)
+    stop_grace = Float(3.0, help="Seconds a replica gets after SIGTERM before SIGKILL.").tag(config=True)
+    register_timeout = Float(60.0, help="Seconds to keep retrying registration before giving up.").tag(config=True)
+    python = Unicode(sys.executable, help="Python interpreter that runs replicas.").tag(config=True)
+    replica_log_level = Unicode("WARN", help="IPKernelApp.log_level of the replicas.").tag(config=True)
+    info_file = Unicode("", help="Write {url, host_id, pid} here (mode 0600) once listening.").tag(config=True)
+
+    @default("log_format")
+    def _log_format_default(self) -> str:
+        return "[%(name)s %(asctime)s %(levelname)s] %(message)s"
+
+    @default("token")
+    def _token_default(self) -> str:
+        return os.environ.get(SCHEDULER_TOKEN_ENV, "")
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.gpus: list[GPUInfo] = []
+        self.replicas: dict[tuple[str, int], LaunchedReplica] = {}
+        self.url = ""
+        self.registered = False
+        self.shutting_down = False
+        self._server: HTTPServer | None = None
+        self._own_runtime_dir = False
+        self._reaper: asyncio.Task | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    async def listen(self) -> str:
+        if not self.token:
+            raise ValueError(f"hostd needs a token (--token or ${SCHEDULER_TOKEN_ENV})")
+        self.gpus = discover_gpus(self.virtual_gpus, use_nvml=self.use_nvml)
+        if self.runtime_dir:
+            Path(self.runtime_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        else:
+            self.runtime_dir = tempfile.mkdtemp(prefix="notebookos-hostd-")
+            self._own_runtime_dir = True
+        sockets = bind_sockets(self.port, self.ip)
+        port = sockets[0].getsockname()[1]
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        self.url = self.public_url.rstrip("/") or f"http://{host}:{port}"
+        if not self.host_id:
+            self.host_id = f"{socket.gethostname()}:{port}"
+        a = {"owner": self}
+        self._server = HTTPServer(web.Application([
+            (r"/api/gpus", GPUsHandler, a),
+            (r"/api/replicas", ReplicasHandler, a),
+            (r"/api/replicas/([^/]+)/([^/]+)", ReplicaHandler, a),
+        ], default_handler_class=NotFoundHandler, default_handler_args=a))
+        self._server.add_sockets(sockets)
+        self._reaper = asyncio.ensure_future(self._reap_loop())
+        self.log.info("host daemon %s at %s: %d GPU(s) (%s)", self.host_id, self.url, len(self.gpus),
+                      "virtual" if any(g.virtual for g in self.gpus) or not self.gpus else "NVML")
+        if self.info_file:
+            from .service import write_private_json
+
+            write_private_json(self.info_file, {"url": self.url, "host_id": self.host_id, "pid": os.getpid()})
+        return self.url
+
+    def registration(self) -> dict[str, Any]:
+        return {"id": self.host_id, "url": self.url, "gpus": len(self.gpus), "cpus": cpu_count(),
+                "memory_mb": memory_mb(), "devices": [g.to_dict() for g in self.gpus]}
+
+    async def register(self) -> None:
+        """Register with the scheduler, retrying while it cannot be reached (it may still be starting)."""
+        from .client import SchedulerClient, SchedulerError
+
+        client = SchedulerClient(self.scheduler_url, self.token, timeout=10.0)
+        deadline = time.monotonic() + self.register_timeout
+        delay = 0.05
+        while True:
+            try:
+                await client.request("POST", "/api/hosts", self.registration())
+                break
+            except SchedulerError as exc:
+                if exc.status != 599 or time.monotonic() > deadline:
+                    raise RuntimeError(f"could not register with the scheduler at {self.scheduler_url}: {exc}") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        self.registered = True
+        self.log.info("registered with the scheduler at %s as %s", self.scheduler_url, self.host_id)
+
+    async def deregister(self) -> None:
+        if not self.registered:
+            return
+        from .client import SchedulerClient, SchedulerError
+
+        try:
+            await SchedulerClient(self.scheduler_url, self.token, timeout=5.0).request(
+                "DELETE", f"/api/hosts/{quote(self.host_id, safe='')}")
+            self.log.info("deregistered from the scheduler")
+        except SchedulerError as exc:
+            if exc.status != 404:  # 404: the scheduler removed us already (scale-in)
+                self.log.warning("could not deregister: %s", exc)
+        self.registered = False
+
+    async def stop(self) -> None:
+        self.shutting_down = True
+        if self._server:
+            self._server.stop()
+        await self.deregister()
+        await asyncio.gather(*(self.stop_replica(r) for r in list(self.replicas.values())))
+        if self._reaper:
+            self._reaper.cancel()
+        if self._own_runtime_dir:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        if self.info_file:
+            try:
+                os.unlink(self.info_file)
+            except OSError:
+                pass
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.listen()
+        try:
+            if self.scheduler_url:
+                registering = asyncio.ensure_future(self.register())
+                done, _ = await asyncio.wait([registering, asyncio.ensure_future(stop.wait())],
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if registering in done:
+                    registering.result()
+                else:
+                    registering.cancel()
+            await stop.wait()
+            self.log.info("shutting down")
+        finally:
+            await self.stop()
+
+    def start(self) -> None:
+        asyncio.run(self.serve())
+
+    async def _reap_loop(self) -> None:
+        """Reap exited replicas (no zombies) and log them."""
+        while True:
+            await asyncio.sleep(1.0)
+            for r in self.replicas.values():
+                if r.process.returncode is None and r.process.poll() is not None:
+                    self.log.warning("replica %s/%d (pid %d) exited with %s", r.kernel_id, r.replica_id,
+                                     r.process.pid, r.process.returncode)
+
+    # -- replicas -----------------------------------------------------------------------------------------------
+    def launch(self, body: dict[str, Any]) -> LaunchedReplica:
+        if self.shutting_down:
+            raise APIError(503, "the host daemon is shutting down")
+        kernel_id = req_str(body, "kernel_id")
+        if not KERNEL_ID_RE.match(kernel_id):
+            raise APIError(400, f"field 'kernel_id' must be 1-128 characters of letters, digits, '.', '_', '-' "
+                           f"(starting with a letter or digit), got {kernel_id!r}")
+        replica_id = req_int(body, "replica_id")
+        connection = validate_connection(req_dict(body, "connection"))
+        config = req_dict(body, "config", required=False) or {}
+        raft_secret = req_str(body, "raft_secret")
+        hash_seed = body.get("hash_seed")
+        if hash_seed is not None:
+            if isinstance(hash_seed, str) and hash_seed.isdigit():
+                hash_seed = int(hash_seed)
+            if isinstance(hash_seed, bool) or not isinstance(hash_seed, int) or not 0 <= hash_seed <= 4294967295:
+                raise APIError(400, f"field 'hash_seed' must be an integer in [0, 4294967295], got {hash_seed!r}")
+        cwd = body.get("cwd")
+        if cwd is not None and not isinstance(cwd, str):
+            raise APIError(400, f"field 'cwd' must be a string, got {cwd!r}")
+        if "ReplicaKernel" in config:
+            if not isinstance(config["ReplicaKernel"], dict):
+                raise APIError(400, "field 'config.ReplicaKernel' must be a JSON object")
+            full_config = json.loads(json.dumps(config))
+        else:
+            full_config = {"ReplicaKernel": dict(config)}
+        full_config["ReplicaKernel"]["replica_id"] = replica_id
+        key = (kernel_id, replica_id)
+        existing = self.replicas.get(key)
+        if existing is not None and existing.process.poll() is None:
+            raise APIError(409, f"replica {replica_id} of kernel {kernel_id!r} is already running "
+                           f"(pid {existing.process.pid})")
+
+        directory = Path(self.runtime_dir) / f"kernel-{kernel_id}"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        conn_file = directory / f"replica-{replica_id}.json"
+        config_file = directory / f"replica-{replica_id}-config.json"
+        _write_private(conn_file, json.dumps(connection))
+        _write_private(config_file, json.dumps(full_config))
+        log_path = directory / f"replica-{replica_id}.log"
+        env = {**os.environ, RAFT_SECRET_ENV: raft_secret}
+        env.pop(SCHEDULER_TOKEN_ENV, None)  # user code runs in the replica: it must not see the cluster token
+        # The scheduler's device ids are NVML indices; CUDA numbers devices fastest-first unless told otherwise.
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        if hash_seed is not None:
+            env["PYTHONHASHSEED"] = str(hash_seed)
+        cmd = [self.python, "-m", "notebookos.kernel.replica", "-f", str(conn_file), f"--config={config_file}",
+               f"--IPKernelApp.log_level={self.replica_log_level}"]
+        workdir = cwd if cwd and os.path.isdir(cwd) else os.getcwd()
+        with open(log_path, "ab") as log_file:
+            # Popen on the event loop's thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
+            process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                       preexec_fn=_die_with_parent, cwd=workdir)
+        replica = LaunchedReplica(kernel_id, replica_id, process, directory, log_path)
+        self.replicas[key] = replica
+        self.log.info("started replica %s/%d (pid %d)", kernel_id, replica_id, process.pid)
+        return replica
+
+    async def stop_replica(self, replica: LaunchedReplica) -> int | None:
+        process = replica.process
+        if process.poll() is None:
+            process.terminate()
+            deadline = time.monotonic() + self.stop_grace
+            while process.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if process.poll() is None:
+                self.log.warning("replica %s/%d did not stop on SIGTERM: killing it", replica.kernel_id,
+                                 replica.replica_id)
+                process.kill()
+                process.wait()
+        if self.replicas.get((replica.kernel_id, replica.replica_id)) is replica:
+            del self.replicas[(replica.kernel_id, replica.replica_id)]
+        for path in (replica.directory / f"replica-{replica.replica_id}.json",
+                     replica.directory / f"replica-{replica.replica_id}-config.json"):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        self.log.info("stopped replica %s/%d (exit %s)", replica.kernel_id, replica.replica_id, process.returncode)
+        return process.returncode
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def validate_connection(connection: dict[str, Any]) -> dict[str, Any]:
+    """A Jupyter connection dict with every field a replica needs, or a 400 naming what is wrong."""
+    out = dict(connection)
+    out.setdefault("transport", "tcp")
+    out.setdefault("signature_scheme", "hmac-sha256")
+    if out["transport"] not in ("tcp", "ipc"):
+        raise APIError(400, f"field 'connection.transport' must be 'tcp' or 'ipc', got {out['transport']!r}")
+    req_str(out, "ip", "connection.ip")
+    req_str(out, "signature_scheme", "connection.signature_scheme")
+    if not isinstance(out.get("key"), str):
+        raise APIError(400, "missing field 'connection.key'" if "key" not in out
+                       else f"field 'connection.key' must be a string, got {out['key']!r}")
+    for key in PORT_KEYS:
+        req_int(out, key, f"connection.{key}", minimum=1, maximum=65535)
+    return out
+
+
+class _HostHandler(JSONHandler):
+    owner: HostDaemon
+
+
+class GPUsHandler(_HostHandler):
+    def get(self) -> None:
+        self.send_json({"host_id": self.owner.host_id, "gpus": [g.to_dict() for g in self.owner.gpus]})
+
+
+class ReplicasHandler(_HostHandler):
+    def get(self) -> None:
+        self.send_json({"replicas": [r.view() for r in self.owner.replicas.values()]})
+
+    def post(self) -> None:
+        replica = self.owner.launch(self.json_body())
+        self.send_json({"pid": replica.process.pid, "kernel_id": replica.kernel_id,
+                        "replica_id": replica.replica_id, "log": str(replica.log)}, 201)
+
+
+class ReplicaHandler(_HostHandler):
+    async def delete(self, kernel_id: str, replica_id: str) -> None:
+        try:
+            rid = int(replica_id)
+        except ValueError:
+            raise APIError(400, f"replica id must be an integer, got {replica_id!r}") from None
+        replica = self.owner.replicas.get((kernel_id, rid))
+        if replica is None:
+            raise APIError(404, f"no replica {rid} of kernel {kernel_id!r} on this host")
+        code = await self.owner.stop_replica(replica)
+        self.send_json({"kernel_id": kernel_id, "replica_id": rid, "pid": replica.process.pid, "exit_code": code})
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .app_cli import hostd_main
+
+    return hostd_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

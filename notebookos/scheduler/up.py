@@ -1,0 +1,256 @@
+"""``notebookos up``: a whole cluster on this machine, then JupyterLab.
+
+Starts the scheduler, ``--hosts`` host daemons with ``--gpus-per-host`` virtual GPUs each, waits until every host
+registered, and runs JupyterLab with the ``notebookos`` kernel as the default for new notebooks and
+``NOTEBOOKOS_SCHEDULER_URL`` / ``NOTEBOOKOS_SCHEDULER_TOKEN`` in the environment its kernels inherit.
+
+Every child runs in its own process group and gets SIGTERM if this process dies (``PR_SET_PDEATHSIG``). Ctrl-C
+(SIGINT) or SIGTERM stops JupyterLab first (it shuts its kernels down), then the host daemons (each stops its
+replicas and deregisters), then the scheduler, each with SIGTERM and a grace period and then SIGKILL to its whole
+process group; a second Ctrl-C skips the grace periods. The cluster's URL, token and pids are written to
+``RUNTIME_DIR/cluster.json`` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .service import SCHEDULER_TOKEN_ENV, SCHEDULER_URL_ENV, write_private_json
+
+DEFAULT_KERNEL_FLAG = "--MultiKernelManager.default_kernel_name=notebookos"
+
+
+def _term_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Stop(Exception):
+    """Ctrl-C / SIGTERM while starting up."""
+
+
+class Child:
+    def __init__(self, name: str, cmd: list[str], log_path: Path | None, env: dict[str, str]):
+        self.name = name
+        self.cmd = cmd
+        out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
+        try:
+            self.process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=subprocess.STDOUT if out else None, process_group=0,
+                                            preexec_fn=_term_with_parent)
+        finally:
+            if out:
+                out.close()
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM, wait ``grace``, then SIGKILL the whole process group (stragglers included)."""
+        if self.alive():
+            try:
+                self.process.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + grace
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+class Cluster:
+    """The processes ``notebookos up`` started, stopped in reverse order of importance."""
+
+    def __init__(self) -> None:
+        self.scheduler: Child | None = None
+        self.hosts: list[Child] = []
+        self.lab: Child | None = None
+        self.stop_requested = 0
+
+    def children(self) -> list[Child]:
+        return [c for c in (self.lab, *self.hosts, self.scheduler) if c is not None]
+
+    def dead_child(self) -> Child | None:
+        return next((c for c in self.children() if not c.alive()), None)
+
+    def check(self) -> None:
+        if self.stop_requested:
+            raise Stop
+        dead = self.dead_child()
+        if dead is not None:
+            raise RuntimeError(f"{dead.name} exited with {dead.process.returncode} while starting:\n{dead.log_tail()}")
+
+    def shutdown(self) -> None:
+        fast = lambda: self.stop_requested > 1  # noqa: E731 - a second Ctrl-C skips the grace periods
+        if self.lab is not None:
+            self.lab.stop(0 if fast() else 15.0)
+        for host in self.hosts:  # SIGTERM to all first: they stop their replicas in parallel
+            if host.alive():
+                try:
+                    host.process.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for host in self.hosts:
+            host.stop(0 if fast() else 10.0)
+        if self.scheduler is not None:
+            self.scheduler.stop(0 if fast() else 10.0)
+
+
+def _get_json(url: str, token: str, timeout: float = 2.0) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own http:// URL
+        return json.loads(response.read())
+
+
+def _wait_for(cluster: Cluster, predicate, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        cluster.check()
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _ensure_kernelspec() -> None:
+    from notebookos import kernelspec as ks
+
+    if ks.find_kernelspec():
+        return
+    from notebookos.cli import default_install_scope
+
+    user = default_install_scope() == "user"
+    path = ks.install_kernelspec(user=user, prefix=None if user else sys.prefix)
+    print(f"Installed kernelspec '{ks.KERNEL_NAME}' in {path}", flush=True)
+
+
+def up(args: argparse.Namespace) -> int:
+    if args.hosts < 1:
+        raise SystemExit("notebookos up: --hosts must be >= 1")
+    if args.gpus_per_host < 0:
+        raise SystemExit("notebookos up: --gpus-per-host must be >= 0")
+    max_hosts = args.max_hosts if args.max_hosts is not None else args.hosts
+    if max_hosts < args.hosts:
+        raise SystemExit("notebookos up: --max-hosts must be >= --hosts")
+    own_dir = not args.runtime_dir
+    runtime = Path(args.runtime_dir or tempfile.mkdtemp(prefix="notebookos-up-")).resolve()
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = secrets.token_hex(24)
+    env = {**os.environ, SCHEDULER_TOKEN_ENV: token}
+    py = sys.executable
+    cluster = Cluster()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        cluster.stop_requested += 1
+        if cluster.stop_requested == 1:
+            print("\nnotebookos up: stopping (Ctrl-C again to kill at once)", file=sys.stderr, flush=True)
+
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    status = 0
+    try:
+        info_file = runtime / "scheduler.json"
+        cmd = [py, "-m", "notebookos.scheduler.service", "--ip", "127.0.0.1", "--port", str(args.scheduler_port),
+               "--info-file", str(info_file), "--policy", args.policy, "--max-hosts", str(max_hosts),
+               "--host-gpus", str(args.gpus_per_host), f"--LocalHostProvider.runtime_dir={runtime / 'scaled'}"]
+        if args.replicas_per_kernel is not None:
+            cmd += ["--replicas-per-kernel", str(args.replicas_per_kernel)]
+        cluster.scheduler = Child("scheduler", cmd, runtime / "scheduler.log", env)
+        info = _wait_for(cluster, lambda: info_file.exists() and json.loads(info_file.read_text()), 30.0,
+                         "the scheduler to listen")
+        url = info["url"]
+        for i in range(1, args.hosts + 1):
+            cluster.hosts.append(Child(f"host daemon host-{i}", [
+                py, "-m", "notebookos.scheduler.hostd", "--scheduler-url", url, "--host-id", f"host-{i}",
+                "--virtual-gpus", str(args.gpus_per_host), "--no-nvml", "--runtime-dir", str(runtime / f"host-{i}"),
+            ], runtime / f"host-{i}.log", env))
+
+        def registered() -> list[dict] | None:
+            try:
+                hosts = _get_json(f"{url}/api/hosts", token)["hosts"]
+            except OSError:
+                return None
+            return hosts if len(hosts) >= args.hosts else None
+
+        hosts = _wait_for(cluster, registered, 60.0, f"{args.hosts} host(s) to register")
+        write_private_json(runtime / "cluster.json", {
+            "url": url, "token": token, "runtime_dir": str(runtime), "pid": os.getpid(),
+            "scheduler_pid": cluster.scheduler.pid, "host_pids": [h.pid for h in cluster.hosts],
+            "hosts": [h["id"] for h in hosts]})
+        print(f"notebookos cluster ready: scheduler {url} ({args.policy} policy), {len(hosts)} host(s) x "
+              f"{args.gpus_per_host} virtual GPU(s); token and pids in {runtime / 'cluster.json'}", flush=True)
+
+        if not args.no_lab:
+            _ensure_kernelspec()
+            lab_env = {**os.environ, SCHEDULER_URL_ENV: url, SCHEDULER_TOKEN_ENV: token}
+            cmd = [py, "-m", "jupyterlab", DEFAULT_KERNEL_FLAG, *(args.extra or [])]
+            print("Starting JupyterLab: " + " ".join(cmd[1:]), flush=True)
+            cluster.lab = Child("JupyterLab", cmd, None, lab_env)
+
+        while not cluster.stop_requested:
+            dead = cluster.dead_child()
+            if dead is not None:
+                if dead is cluster.lab:
+                    status = dead.process.returncode or 0
+                    print(f"notebookos up: JupyterLab exited ({status}); stopping the cluster", file=sys.stderr)
+                else:
+                    status = 1
+                    print(f"notebookos up: {dead.name} exited with {dead.process.returncode}; stopping:\n"
+                          f"{dead.log_tail()}", file=sys.stderr)
+                break
+            time.sleep(0.2)
+    except Stop:
+        pass
+    except RuntimeError as exc:
+        print(f"notebookos up: {exc}", file=sys.stderr, flush=True)
+        status = 1
+    finally:
+        cluster.shutdown()
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        if own_dir and status == 0:
+            shutil.rmtree(runtime, ignore_errors=True)
+        elif status:
+            print(f"notebookos up: logs are in {runtime}", file=sys.stderr)
+    print("notebookos up: stopped", file=sys.stderr, flush=True)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .app_cli import up_main
+
+    return up_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

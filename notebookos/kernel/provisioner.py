@@ -9,12 +9,13 @@ die with it. Options come from the kernelspec (``metadata.kernel_provisioner.con
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Bool, Float, Int, Unicode
+from traitlets import Bool, Float, Int, Unicode, default
 
 from .scratch import default_store_dir
 
@@ -35,11 +36,14 @@ class NotebookOSProvisioner(LocalProvisioner):
     gpus = Unicode("", help="Standalone: comma-separated GPU device ids a cell gets while it runs.").tag(config=True)
     executor_policy_class = Unicode("", help="Import path of the front's ExecutorPolicy (default: the "
                                     "standalone last-executor policy).").tag(config=True)
+    scheduler_url = Unicode(help="Cluster mode: the scheduler's URL (default $NOTEBOOKOS_SCHEDULER_URL, which "
+                            "`notebookos up` sets); the token comes from $NOTEBOOKOS_SCHEDULER_TOKEN.").tag(config=True)
+    gpu_request = Int(1, help="Cluster mode: GPUs a cell of this kernel needs.").tag(config=True)
     send_yield = Bool(True, help="Send the replicas that do not run a cell a 'yield' copy of its request.").tag(
         config=True)
 
     _FRONT_OPTIONS = ("replicas", "commit_timeout", "store_dir", "raft_host", "replace_lost_replicas", "send_yield",
-                      "gpus", "executor_policy_class")
+                      "gpus", "executor_policy_class", "scheduler_url", "gpu_request")
 
     def __init__(self, **kwargs: Any):
         known = set(self.class_trait_names()) | {"kernel_id", "kernel_spec", "parent", "config", "log"}
@@ -63,11 +67,17 @@ class NotebookOSProvisioner(LocalProvisioner):
         kwargs["cmd"] = list(kwargs["cmd"]) + self.front_arguments()
         return kwargs
 
+    @default("scheduler_url")
+    def _scheduler_url_default(self) -> str:
+        return os.environ.get("NOTEBOOKOS_SCHEDULER_URL", "")
+
     def front_arguments(self) -> list[str]:
         """This provisioner's options as the front's command-line config."""
         values = {name: getattr(self, name) for name in self._FRONT_OPTIONS}
         if not values["executor_policy_class"]:
             del values["executor_policy_class"]
+        if values["scheduler_url"]:
+            values["kernel_id"] = self.kernel_id
         if self._store is not None:
             values.update(store_dir=str(self._store), remove_store=True)
         return [f"--NotebookOSFront.{name}={value}" for name, value in values.items()]

@@ -24,7 +24,9 @@ from jupyter_client.session import Session
 from traitlets import Bool, Float, Int, Type, Unicode, validate
 from traitlets.config import Application
 
+from ...scheduler.client import SchedulerClient
 from ..scratch import default_store_dir
+from .cluster import HostdLauncher, SchedulerExecutorPolicy
 from .executor import ExecutorPolicy, LastExecutorPolicy
 from .relay import Relay
 from .supervisor import Supervisor
@@ -55,6 +57,12 @@ class NotebookOSFront(Application):
                    "(bound only while it runs). Empty: none.").tag(config=True)
     executor_policy_class = Type(LastExecutorPolicy, klass=ExecutorPolicy,
                                  help="Chooses the replica and GPUs of each cell.").tag(config=True)
+    scheduler_url = Unicode("", help="Cluster mode: the scheduler's URL (token from $NOTEBOOKOS_SCHEDULER_TOKEN). "
+                            "Empty: standalone, every replica on this machine.").tag(config=True)
+    kernel_id = Unicode("", help="This kernel's id, as the scheduler knows it (cluster mode).").tag(config=True)
+    gpu_request = Int(1, help="Cluster mode: GPUs a cell of this kernel needs.").tag(config=True)
+    cpu_request = Float(1.0, help="Cluster mode: CPUs each replica holds.").tag(config=True)
+    memory_request_mb = Int(2048, help="Cluster mode: memory each replica holds (MB).").tag(config=True)
     compaction_entries = Int(200, help="Raft log entries between snapshots.").tag(config=True)
 
     aliases = {
@@ -104,11 +112,32 @@ class NotebookOSFront(Application):
             host=self.raft_host,
         )
         supervisor.replace_lost = self.replace_lost_replicas
-        relay = Relay(context, connection, client_session, supervisor, self._make_policy(), self.send_yield)
+        scheduler = None
+        hosts: list[str | None] | None = None
+        ids: list[int] | None = None
+        count = self.replicas
+        if self.scheduler_url:
+            scheduler = SchedulerClient(self.scheduler_url, os.environ.get("NOTEBOOKOS_SCHEDULER_TOKEN", ""))
+            kernel_id = self.kernel_id or runtime_dir.name
+            placement = await scheduler.place(kernel_id, {"gpus": self.gpu_request, "cpus": self.cpu_request,
+                                                          "memory_mb": self.memory_request_mb})
+            placed = placement["replicas"]
+            launcher = HostdLauncher(kernel_id, scheduler.token, {r["host_id"]: r["host_url"] for r in placed})
+            supervisor.launcher = launcher
+            policy: ExecutorPolicy = SchedulerExecutorPolicy(scheduler, kernel_id, launcher)
+
+            async def report_replacement(dead, new) -> None:
+                await policy.replaced(dead.id, new.id, new.host_id)
+
+            supervisor.on_replaced = report_replacement
+            hosts, ids, count = [r["host_id"] for r in placed], [int(r["replica_id"]) for r in placed], len(placed)
+        else:
+            policy = self._make_policy()
+        relay = Relay(context, connection, client_session, supervisor, policy, self.send_yield)
         relay.bind()
         _start_heartbeat(connection)
         relay.start()
-        await supervisor.start(self.replicas)
+        await supervisor.start(count, hosts=hosts, ids=ids)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, relay.shutdown.set)
@@ -124,6 +153,11 @@ class NotebookOSFront(Application):
             for task in tasks:
                 task.cancel()
             await supervisor.stop_all()
+            if scheduler is not None:
+                try:
+                    await scheduler.remove(kernel_id)
+                except Exception as exc:  # the scheduler may be gone first at cluster shutdown
+                    self.log.warning("could not remove kernel %s from the scheduler: %s", kernel_id, exc)
             await relay.close()
             context.term()
             if not os.environ.get("NOTEBOOKOS_KEEP_RUNTIME"):

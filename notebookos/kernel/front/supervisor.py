@@ -102,6 +102,7 @@ class Supervisor:
         self._pending: dict[str, asyncio.Future] = {}
         self.on_lost: Callable[[ReplicaHandle], Awaitable[None]] | None = None
         self.on_sockets: Callable[[ReplicaHandle], None] | None = None
+        self.on_replaced: Callable[[ReplicaHandle, ReplicaHandle], Awaitable[None]] | None = None
         self.replace_lost = True
         self._replacing = False
         self.hash_seed = str(int.from_bytes(os.urandom(4), "little"))
@@ -169,13 +170,19 @@ class Supervisor:
         if self.on_sockets:
             self.on_sockets(handle)
 
-    async def start(self, count: int, hosts: list[str | None] | None = None) -> list[ReplicaHandle]:
-        """Launch the initial group; every member is told every other member's Raft address up front."""
+    async def start(self, count: int, hosts: list[str | None] | None = None,
+                    ids: list[int] | None = None) -> list[ReplicaHandle]:
+        """Launch the initial group; every member is told every other member's Raft address up front.
+
+        In cluster mode ``hosts`` and ``ids`` are the scheduler's placement.
+        """
         addresses = [f"{self.host}:{port}" for port in _free_ports(self.host, count)]
         hosts = hosts or [None] * count
+        ids = ids or list(range(self._next_id, self._next_id + count))
         # The lowest id runs the first cell (LastExecutorPolicy): let it become Raft leader right away.
-        return [await self.launch(addresses, raft_address=address, campaign_now=i == 0, host_id=hosts[i])
-                for i, address in enumerate(addresses)]
+        first = min(ids)
+        return [await self.launch(addresses, raft_address=address, campaign_now=ids[i] == first, host_id=hosts[i],
+                                  replica_id=ids[i]) for i, address in enumerate(addresses)]
 
     # -- control requests to replicas -------------------------------------------------------------------------
     async def request(self, handle: ReplicaHandle, msg_type: str, content: dict[str, Any],
@@ -243,11 +250,13 @@ class Supervisor:
                     log.error("replica %d lost and the group has no quorum: not replacing", dead.id)
                     return None
                 try:
-                    new = await self._replace_once(dead)
+                    new = await self._replace_once(dead, dead.host_id)
                 except (TimeoutError, RuntimeError) as exc:
                     log.warning("replacing replica %d, attempt %d: %s", dead.id, attempt + 1, exc)
                     new = None
                 if new is not None:
+                    if self.on_replaced:
+                        await self.on_replaced(dead, new)
                     return new
                 await asyncio.sleep(0.5 * 2 ** attempt)
             log.error("gave up replacing replica %d after %d attempts", dead.id, attempts)

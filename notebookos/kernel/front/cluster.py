@@ -1,0 +1,127 @@
+"""The front in cluster mode: replicas on the hosts the scheduler chose, GPUs from the scheduler per cell.
+
+- :class:`HostdLauncher` starts and stops replicas through each host's daemon (``notebookos hostd``) and learns
+  their liveness from it.
+- :class:`SchedulerExecutorPolicy` asks the scheduler which replica runs each cell (a long poll that answers
+  run/wait/migrate), releases the GPUs when the cell ends and reports migrations and replacements.
+
+Ports: the front still chooses the replicas' ports on its own machine, which is right for ``notebookos up`` (every
+host daemon on this machine); hosts on other machines need their daemon to choose ports (not done yet).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ...scheduler.client import HostClient, SchedulerClient, SchedulerError
+from .. import protocol
+from .executor import ExecutorChoice, ExecutorPolicy, Migrate, ReplicaView, Wait
+from .launchers import Launched, LaunchSpec, ReplicaLauncher
+
+log = logging.getLogger(__name__)
+
+
+class HostdLauncher(ReplicaLauncher):
+    """Replicas as processes of host daemons, one per host the scheduler placed them on."""
+
+    def __init__(self, kernel_id: str, token: str, host_urls: dict[str, str]):
+        self.kernel_id = kernel_id
+        self.token = token
+        self.host_urls = dict(host_urls)
+        self._exit: dict[tuple[str, int], int | None] = {}
+
+    def _client(self, host_id: str) -> HostClient:
+        try:
+            return HostClient(self.host_urls[host_id], self.token)
+        except KeyError:
+            raise LookupError(f"no daemon URL known for host {host_id!r}") from None
+
+    async def launch(self, spec: LaunchSpec) -> Launched:
+        if spec.host_id is None:
+            raise ValueError("cluster mode launches replicas on a host the scheduler chose; none was given")
+        reply = await self._client(spec.host_id).launch_replica(
+            self.kernel_id, spec.replica_id, spec.connection, spec.config["ReplicaKernel"],
+            raft_secret=spec.env[protocol.RAFT_SECRET_ENV], hash_seed=int(spec.env["PYTHONHASHSEED"]))
+        self._exit[(spec.host_id, spec.replica_id)] = None
+        return Launched(reply.get("pid"), spec.host_id, {"host_id": spec.host_id, "replica_id": spec.replica_id})
+
+    def exit_code(self, launched: Launched) -> int | None:
+        return self._exit.get((launched.state["host_id"], launched.state["replica_id"]))
+
+    async def refresh(self) -> None:
+        for host_id in {h for h, _ in self._exit}:
+            try:
+                rows = await self._client(host_id).replicas()
+            except (SchedulerError, OSError) as exc:
+                # A host daemon that cannot be reached takes its replicas with it.
+                log.warning("host %s unreachable (%s): its replicas of this kernel count as lost", host_id, exc)
+                for key in self._exit:
+                    if key[0] == host_id and self._exit[key] is None:
+                        self._exit[key] = -1
+                continue
+            seen = {(host_id, r["replica_id"]): r for r in rows if r.get("kernel_id") == self.kernel_id}
+            for key in [k for k in self._exit if k[0] == host_id]:
+                row = seen.get(key)
+                if row is None:
+                    self._exit[key] = -1 if self._exit[key] is None else self._exit[key]
+                elif not row.get("alive", True):
+                    self._exit[key] = row.get("exit_code", -1)
+
+    async def _stop(self, launched: Launched) -> None:
+        try:
+            await self._client(launched.state["host_id"]).stop_replica(self.kernel_id, launched.state["replica_id"])
+        except (SchedulerError, OSError) as exc:
+            log.info("stopping replica %s: %s", launched.state["replica_id"], exc)
+        self._exit[(launched.state["host_id"], launched.state["replica_id"])] = -15
+
+    async def terminate(self, launched: Launched) -> None:
+        await self._stop(launched)
+
+    async def kill(self, launched: Launched) -> None:
+        await self._stop(launched)
+
+
+class SchedulerExecutorPolicy(ExecutorPolicy):
+    """The scheduler decides: run (GPUs committed), wait (queued), or migrate first."""
+
+    long_poll = 5.0
+
+    def __init__(self, client: SchedulerClient, kernel_id: str, launcher: HostdLauncher):
+        self.client = client
+        self.kernel_id = kernel_id
+        self.launcher = launcher
+        self._waiting = False
+
+    async def choose(self, replicas: list[ReplicaView], last_executor: int | None
+                     ) -> ExecutorChoice | Wait | Migrate:
+        # The first ask of a cell does not block, so a queued cell can tell the user it waits; later asks
+        # long-poll, so the cell starts the moment a GPU frees.
+        answer: dict[str, Any] = await self.client.execute(self.kernel_id,
+                                                           wait=self.long_poll if self._waiting else 0.0)
+        action = answer.get("action")
+        self._waiting = action == "wait"
+        if action == "run":
+            return ExecutorChoice(int(answer["replica_id"]), tuple(answer.get("devices") or ()))
+        if action == "migrate":
+            self.launcher.host_urls[answer["to_host"]] = answer["to_host_url"]
+            return Migrate(int(answer["replica_id"]), answer["to_host"])
+        return Wait(int(answer.get("position", 1)), answer.get("reason", "waiting for a GPU"))
+
+    async def cell_finished(self, replica_id: int) -> None:
+        try:
+            await self.client.finished(self.kernel_id)
+        except (SchedulerError, OSError) as exc:
+            log.error("could not release the GPUs of kernel %s: %s", self.kernel_id, exc)
+
+    async def migrated(self, old_replica: int, new_replica: int, host_id: str | None) -> None:
+        await self.client.report_migration(self.kernel_id, old_replica, new_replica, host_id or "")
+
+    async def replaced(self, lost_replica: int, new_replica: int | None, host_id: str | None) -> None:
+        """A replica died; tell the scheduler, and which replica (if any) replaced it where."""
+        try:
+            await self.client.replica_lost(self.kernel_id, lost_replica)
+            if new_replica is not None and host_id is not None:
+                await self.client.report_migration(self.kernel_id, None, new_replica, host_id)
+        except (SchedulerError, OSError) as exc:
+            log.error("could not report the loss of replica %d: %s", lost_replica, exc)

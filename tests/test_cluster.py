@@ -1,0 +1,91 @@
+"""Cluster mode end to end: `notebookos up --no-lab` (scheduler + host daemons) and real replicated kernels.
+
+Two hosts with one virtual GPU each: two kernels that hold both GPUs with running cells, and a third kernel whose
+cell waits, says so in its output, and runs as soon as a GPU frees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import Kernel, stream_text
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    runtime = tmp_path_factory.mktemp("up")
+    proc = subprocess.Popen([sys.executable, "-m", "notebookos", "up", "--no-lab", "--hosts", "2",
+                             "--gpus-per-host", "1", "--replicas-per-kernel", "2", "--runtime-dir", str(runtime)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    info_file = runtime / "cluster.json"
+    deadline = time.monotonic() + 90
+    while not info_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"notebookos up did not start:\n{out}")
+        time.sleep(0.2)
+    info = json.loads(info_file.read_text())
+    saved = {k: os.environ.get(k) for k in ("NOTEBOOKOS_SCHEDULER_URL", "NOTEBOOKOS_SCHEDULER_TOKEN")}
+    os.environ["NOTEBOOKOS_SCHEDULER_URL"], os.environ["NOTEBOOKOS_SCHEDULER_TOKEN"] = info["url"], info["token"]
+    yield info
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    pids = [info["scheduler_pid"], *info["host_pids"]]
+    assert all(not os.path.exists(f"/proc/{p}") or open(f"/proc/{p}/stat").read().split()[2] == "Z"
+               for p in pids), "notebookos up left processes behind"
+
+
+def _collect(kernel: Kernel, msg_id: str, timeout: float = 90) -> list[dict]:
+    outputs = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = kernel.client.get_iopub_msg(timeout=2)
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return outputs
+        if msg["msg_type"] != "status":
+            outputs.append(msg)
+    raise TimeoutError(f"cell {msg_id} did not finish")
+
+
+def test_kernels_share_two_gpus_and_a_third_waits(cluster):
+    kernels = [Kernel() for _ in range(3)]
+    try:
+        a, b, c = kernels
+        for k in kernels:
+            reply, outputs = k.execute("import time, notebookos.kernel\nprint(len(notebookos.kernel.replicas()))")
+            assert reply["status"] == "ok", reply
+            assert stream_text(outputs) == "2\n"
+        hold = "print(notebookos.kernel.gpus())\ntime.sleep(4)"
+        first, second = a.client.execute(hold), b.client.execute(hold)
+        time.sleep(1.5)  # both are running and hold the cluster's two GPUs
+        third = c.client.execute("print('ran with', notebookos.kernel.gpus())")
+        outs = [_collect(a, first), _collect(b, second), _collect(c, third)]
+        assert stream_text(outs[0], "stdout") == "[0]\n" and stream_text(outs[1], "stdout") == "[0]\n"
+        assert "waiting for a GPU (position 1" in stream_text(outs[2], "stderr")
+        assert stream_text(outs[2], "stdout") == "ran with [0]\n"
+        assert c.reply(third)["status"] == "ok"
+    finally:
+        for k in kernels:
+            k.shutdown()

@@ -19,11 +19,11 @@ import pytest
 from .conftest import Kernel, stream_text
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def _up(tmp_path_factory, hosts: int, replicas: int):
     runtime = tmp_path_factory.mktemp("up")
-    proc = subprocess.Popen([sys.executable, "-m", "notebookos", "up", "--no-lab", "--hosts", "2",
-                             "--gpus-per-host", "1", "--replicas-per-kernel", "2", "--runtime-dir", str(runtime)],
+    proc = subprocess.Popen([sys.executable, "-m", "notebookos", "up", "--no-lab", "--hosts", str(hosts),
+                             "--gpus-per-host", "1", "--replicas-per-kernel", str(replicas),
+                             "--runtime-dir", str(runtime)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     info_file = runtime / "cluster.json"
     deadline = time.monotonic() + 90
@@ -50,6 +50,16 @@ def cluster(tmp_path_factory):
     pids = [info["scheduler_pid"], *info["host_pids"]]
     assert all(not os.path.exists(f"/proc/{p}") or open(f"/proc/{p}/stat").read().split()[2] == "Z"
                for p in pids), "notebookos up left processes behind"
+
+
+@pytest.fixture
+def cluster(tmp_path_factory):
+    yield from _up(tmp_path_factory, hosts=2, replicas=2)
+
+
+@pytest.fixture
+def cluster3(tmp_path_factory):
+    yield from _up(tmp_path_factory, hosts=3, replicas=3)
 
 
 def _collect(kernel: Kernel, msg_id: str, timeout: float = 90) -> list[dict]:
@@ -89,3 +99,23 @@ def test_kernels_share_two_gpus_and_a_third_waits(cluster):
     finally:
         for k in kernels:
             k.shutdown()
+
+
+def test_a_killed_replica_is_replaced_through_its_host_daemon(cluster3):
+    k = Kernel()
+    try:
+        k.execute("import numpy as np\nkept = np.arange(300_000)\nlabel = 'still here'")
+        info = k.info()
+        victim = next(r for r in info["replicas"] if r["id"] == info["last_executor"])
+        os.kill(victim["pid"], signal.SIGKILL)
+        reply, outputs = k.execute("print(label, int(kept.sum()))")
+        assert reply["status"] == "ok", reply
+        assert stream_text(outputs) == f"still here {sum(range(300_000))}\n"
+
+        def replaced():
+            rows = [r for r in k.info()["replicas"] if r["alive"] and r["member"]]
+            return rows if len(rows) == 3 and victim["id"] not in {r["id"] for r in rows} else None
+
+        k.wait_for(replaced, timeout=60, what="a replacement started by the host daemon")
+    finally:
+        k.shutdown()

@@ -126,10 +126,6 @@ class NotebookOSFront(Application):
             supervisor.launcher = launcher
             policy: ExecutorPolicy = SchedulerExecutorPolicy(scheduler, kernel_id, launcher)
 
-            async def report_replacement(dead, new) -> None:
-                await policy.replaced(dead.id, new.id, new.host_id)
-
-            supervisor.on_replaced = report_replacement
             hosts, ids, count = [r["host_id"] for r in placed], [int(r["replica_id"]) for r in placed], len(placed)
         else:
             policy = self._make_policy()

@@ -117,11 +117,14 @@ class SchedulerExecutorPolicy(ExecutorPolicy):
     async def migrated(self, old_replica: int, new_replica: int, host_id: str | None) -> None:
         await self.client.report_migration(self.kernel_id, old_replica, new_replica, host_id or "")
 
-    async def replaced(self, lost_replica: int, new_replica: int | None, host_id: str | None) -> None:
-        """A replica died; tell the scheduler, and which replica (if any) replaced it where."""
+    async def replica_lost(self, replica_id: int) -> None:
         try:
-            await self.client.replica_lost(self.kernel_id, lost_replica)
-            if new_replica is not None and host_id is not None:
-                await self.client.report_migration(self.kernel_id, None, new_replica, host_id)
+            await self.client.replica_lost(self.kernel_id, replica_id)
         except (SchedulerError, OSError) as exc:
-            log.error("could not report the loss of replica %d: %s", lost_replica, exc)
+            log.error("could not report the loss of replica %d: %s", replica_id, exc)
+
+    async def replica_added(self, replica_id: int, host_id: str | None) -> None:
+        try:
+            await self.client.report_migration(self.kernel_id, None, replica_id, host_id or "")
+        except (SchedulerError, OSError) as exc:
+            log.error("could not report replacement replica %d: %s", replica_id, exc)

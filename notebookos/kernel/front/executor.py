@@ -57,6 +57,12 @@ class ExecutorPolicy(abc.ABC):
     async def cell_finished(self, replica_id: int) -> None:  # noqa: B027 - optional hook
         """The chosen replica's execute_reply (or its death) ended the cell: release what ``choose`` bound."""
 
+    async def replica_lost(self, replica_id: int) -> None:  # noqa: B027 - optional hook
+        """A replica died: do not choose it again."""
+
+    async def replica_added(self, replica_id: int, host_id: str | None) -> None:  # noqa: B027 - optional hook
+        """A replacement replica joined the group."""
+
     async def migrated(self, old_replica: int, new_replica: int, host_id: str | None) -> None:  # noqa: B027
         """A :class:`Migrate` was carried out: ``new_replica`` on ``host_id`` replaced ``old_replica``."""
 

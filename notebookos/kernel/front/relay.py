@@ -99,6 +99,7 @@ class Relay:
         self._tasks: list[asyncio.Task] = []
         supervisor.on_sockets = self._watch_replica
         supervisor.on_lost = self._replica_lost
+        supervisor.on_replaced = self._replica_replaced
 
     # -- setup -------------------------------------------------------------------------------------------------
     def bind(self) -> None:
@@ -248,7 +249,13 @@ class Relay:
                 await self._error_reply("shell", msg, "NoReplica", str(exc))
                 return
             if isinstance(choice, ExecutorChoice):
-                break
+                target = sup.replicas.get(choice.replica)
+                if target is not None and target.alive:
+                    break
+                # The policy does not know yet that this replica died: give its GPUs back and ask again.
+                await self.policy.cell_finished(choice.replica)
+                await self.policy.replica_lost(choice.replica)
+                continue
             if isinstance(choice, Migrate):
                 await self._migrate(msg, choice)
                 continue
@@ -460,12 +467,18 @@ class Relay:
 
         self._tasks.append(asyncio.ensure_future(transfer()))
 
+    async def _replica_replaced(self, dead: ReplicaHandle, new: ReplicaHandle) -> None:
+        await self.policy.replica_added(new.id, new.host_id)
+
     async def _replica_lost(self, handle: ReplicaHandle) -> None:
         """End what the dead replica owed: its running cell fails, queued cells abort, other requests move."""
+        await self.policy.replica_lost(handle.id)
         queue = list(self.inflight.pop(handle.id, OrderedDict()).values())
         started = [m for m in queue if m.msg_id in self.started]
         if not started:
             # Nothing reached the client from these cells, so none of them began: run them elsewhere, in order.
+            for _ in queue:
+                await self.policy.cell_finished(handle.id)
             self._redo.extend(queue)
             await self._execute(None)
         for i, msg in enumerate(queue if started else []):

@@ -102,7 +102,7 @@ class Supervisor:
         self._pending: dict[str, asyncio.Future] = {}
         self.on_lost: Callable[[ReplicaHandle], Awaitable[None]] | None = None
         self.on_sockets: Callable[[ReplicaHandle], None] | None = None
-        self.on_replaced: Callable[[ReplicaHandle, ReplicaHandle], Awaitable[None]] | None = None
+        self.on_replaced: Callable[[ReplicaHandle, ReplicaHandle], Awaitable[None]] | None = None  # (dead, new)
         self.replace_lost = True
         self._replacing = False
         self.hash_seed = str(int.from_bytes(os.urandom(4), "little"))

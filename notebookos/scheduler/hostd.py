@@ -48,7 +48,7 @@ from traitlets import Bool, Float, Int, Unicode, default
 from traitlets.config import Application
 
 from .gpus import GPUInfo, discover_gpus
-from .service import SCHEDULER_TOKEN_ENV, APIError, JSONHandler, NotFoundHandler, req_dict, req_int, req_str
+from .http import SCHEDULER_TOKEN_ENV, APIError, JSONHandler, NotFoundHandler, req_dict, req_int, req_str
 
 RAFT_SECRET_ENV = "NOTEBOOKOS_RAFT_SECRET"  # notebookos.kernel.protocol.RAFT_SECRET_ENV
 KERNEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -172,7 +172,7 @@ class HostDaemon(Application):
         self.log.info("host daemon %s at %s: %d GPU(s) (%s)", self.host_id, self.url, len(self.gpus),
                       "virtual" if any(g.virtual for g in self.gpus) or not self.gpus else "NVML")
         if self.info_file:
-            from .service import write_private_json
+            from .http import write_private_json
 
             write_private_json(self.info_file, {"url": self.url, "host_id": self.host_id, "pid": os.getpid()})
         return self.url

@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .service import SCHEDULER_TOKEN_ENV, SCHEDULER_URL_ENV, write_private_json
+from .http import SCHEDULER_TOKEN_ENV, SCHEDULER_URL_ENV, write_private_json
 
 DEFAULT_KERNEL_FLAG = "--MultiKernelManager.default_kernel_name=notebookos"
 

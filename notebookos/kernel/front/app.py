@@ -131,6 +131,7 @@ class NotebookOSFront(Application):
             policy = self._make_policy()
         relay = Relay(context, connection, client_session, supervisor, policy, self.send_yield)
         relay.bind()
+        supervisor.starting = True  # until start() below has launched the group: early requests wait for it
         _start_heartbeat(connection)
         relay.start()
         await supervisor.start(count, hosts=hosts, ids=ids)

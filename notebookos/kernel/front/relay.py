@@ -124,6 +124,15 @@ class Relay:
             self._tasks.append(asyncio.ensure_future(self._replica_loop(handle, channel)))
 
     # -- helpers -----------------------------------------------------------------------------------------------
+    async def primary_when_started(self, timeout: float = 120.0) -> ReplicaHandle | None:
+        """The primary; while the group is still being launched, wait for it rather than answer 'no replica'."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.supervisor.starting and self.primary() is None:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        return self.primary()
+
     def primary(self) -> ReplicaHandle | None:
         live = self.supervisor.live
         for handle in live:
@@ -196,7 +205,7 @@ class Relay:
             target = self.supervisor.replicas.get(rid) if rid is not None else None
             if target is not None and not target.alive:
                 target = None
-        target = target or self.primary()
+        target = target or await self.primary_when_started()
         if target is None:
             await self._error_reply("shell", msg, "NoReplica", "no replica of this kernel is alive; restart the kernel")
             return
@@ -316,7 +325,7 @@ class Relay:
         if msg_type == "shutdown_request":
             await self._shutdown(msg)
             return
-        target = self.primary()
+        target = await self.primary_when_started()
         if msg_type == "interrupt_request":
             running = [rid for rid, queue in self.inflight.items() if queue]
             if running and running[0] in self.supervisor.replicas:

@@ -104,6 +104,7 @@ class Supervisor:
         self.on_sockets: Callable[[ReplicaHandle], None] | None = None
         self.on_replaced: Callable[[ReplicaHandle, ReplicaHandle], Awaitable[None]] | None = None  # (dead, new)
         self.replace_lost = True
+        self.starting = False  # True while the initial group is being launched
         self._replacing = False
         self.hash_seed = str(int.from_bytes(os.urandom(4), "little"))
 
@@ -181,8 +182,12 @@ class Supervisor:
         ids = ids or list(range(self._next_id, self._next_id + count))
         # The lowest id runs the first cell (LastExecutorPolicy): let it become Raft leader right away.
         first = min(ids)
-        return [await self.launch(addresses, raft_address=address, campaign_now=ids[i] == first, host_id=hosts[i],
-                                  replica_id=ids[i]) for i, address in enumerate(addresses)]
+        self.starting = True
+        try:
+            return [await self.launch(addresses, raft_address=address, campaign_now=ids[i] == first,
+                                      host_id=hosts[i], replica_id=ids[i]) for i, address in enumerate(addresses)]
+        finally:
+            self.starting = False
 
     # -- control requests to replicas -------------------------------------------------------------------------
     async def request(self, handle: ReplicaHandle, msg_type: str, content: dict[str, Any],

@@ -39,7 +39,11 @@ class Kernel:
         self.km.start_kernel()
         self.client = self.km.client()
         self.client.start_channels()
-        self.client.wait_for_ready(timeout=90)
+        try:
+            self.client.wait_for_ready(timeout=90)
+        except BaseException:
+            self.shutdown()  # a kernel that failed to come up must not outlive the test
+            raise
 
     def execute(self, code: str, timeout: float = 60, **kwargs: Any) -> tuple[dict, list[dict]]:
         """Run one cell; return the execute_reply content and the iopub messages of that cell."""

@@ -80,8 +80,10 @@ def _collect(kernel: Kernel, msg_id: str, timeout: float = 90) -> list[dict]:
 
 
 def test_kernels_share_two_gpus_and_a_third_waits(cluster):
-    kernels = [Kernel() for _ in range(3)]
+    kernels: list[Kernel] = []
     try:
+        for _ in range(3):
+            kernels.append(Kernel())
         a, b, c = kernels
         for k in kernels:
             reply, outputs = k.execute("import time, notebookos.kernel\nprint(len(notebookos.kernel.replicas()))")

@@ -144,3 +144,38 @@ def test_killing_the_front_leaves_no_replica_or_store_behind(kernel):
     kernel.wait_for(all_gone, timeout=20, what="replicas to exit with their front")
     kernel.km.shutdown_kernel(now=True)  # what Jupyter Server does once it sees the kernel died
     assert not store.exists()
+
+
+LAUNCH_AND_VANISH = """
+import json, os
+from jupyter_client.manager import KernelManager
+km = KernelManager(kernel_name="notebookos")
+km.start_kernel()
+kc = km.client()
+kc.start_channels()
+kc.wait_for_ready(timeout=90)
+print(json.dumps({"front": km.provisioner.process.pid}), flush=True)
+os._exit(0)  # the Jupyter process dies without shutting its kernel down
+"""
+
+
+def test_a_kernel_whose_launcher_died_shuts_itself_down():
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", LAUNCH_AND_VANISH], capture_output=True, text=True, timeout=120,
+                         env=os.environ.copy())
+    front = json.loads(out.stdout.strip().splitlines()[-1])["front"]
+
+    def gone(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split()[2] == "Z"
+        except FileNotFoundError:
+            return True
+
+    deadline = time.monotonic() + 20
+    while not gone(front) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert gone(front), "the front outlived the process that started it"

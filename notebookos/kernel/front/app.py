@@ -141,7 +141,8 @@ class NotebookOSFront(Application):
         # Interrupts arrive as messages (interrupt_mode: message); a stray SIGINT must not kill the kernel.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         tasks = [asyncio.ensure_future(supervisor.watch()),
-                 asyncio.ensure_future(supervisor.poll_status(self.status_interval))]
+                 asyncio.ensure_future(supervisor.poll_status(self.status_interval)),
+                 asyncio.ensure_future(_exit_with_parent(relay.shutdown, self.log))]
         try:
             await relay.shutdown.wait()
             await asyncio.sleep(0.05)  # let the shutdown_reply leave
@@ -161,6 +162,18 @@ class NotebookOSFront(Application):
                 shutil.rmtree(runtime_dir, ignore_errors=True)
                 if own_store is not None:
                     shutil.rmtree(own_store, ignore_errors=True)
+
+
+async def _exit_with_parent(shutdown: asyncio.Event, log: logging.Logger, interval: float = 1.0) -> None:
+    """Shut down when the process that started this kernel (a Jupyter server or client) is gone, as ipykernel's
+    parent poller does: nobody could reach the kernel any more, and its replicas would run forever."""
+    parent = os.getppid()
+    while True:
+        await asyncio.sleep(interval)
+        if os.getppid() != parent:
+            log.warning("the process that started this kernel (pid %d) is gone; shutting down", parent)
+            shutdown.set()
+            return
 
 
 def _start_heartbeat(connection: dict) -> None:

@@ -157,7 +157,15 @@ class ReplicaKernel(IPythonKernel):
             code, silent, store_history, user_expressions, allow_stdin, cell_meta=cell_meta, cell_id=cell_id
         )
         try:
-            self._last_seq = await self._commit(code, store_history and not silent)
+            entry = await self._capture(code, store_history and not silent)
+            commit = asyncio.ensure_future(self.raft.commit_cell(entry, self.commit_timeout))
+            await asyncio.sleep(0)  # let the proposal leave before we block on the flushes below
+            # ipykernel flushes the cell's output after do_execute; doing it now overlaps the Raft round trip.
+            if sys.stdout is not None:
+                sys.stdout.flush()
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            self._last_seq = await commit
         except CommitError as exc:
             # The cell ran here but its effect is not in the log: this namespace no longer matches the group's.
             self.diverged = f"replica {self.replica_id} ran a cell it could not commit: {exc}"
@@ -165,7 +173,8 @@ class ReplicaKernel(IPythonKernel):
                                         "state is as of the last committed cell.")
         return reply
 
-    async def _commit(self, code: str, store_history: bool) -> int:
+    async def _capture(self, code: str, store_history: bool) -> dict[str, Any]:
+        """The Raft entry for the cell that just ran: its namespace delta, code and execution count."""
         shell = self.shell
         n = shell.execution_count - 1
         extras = {}
@@ -185,7 +194,7 @@ class ReplicaKernel(IPythonKernel):
             "store_history": store_history,
             "delta": delta,
         }
-        return await self.raft.commit_cell(entry, self.commit_timeout)
+        return entry
 
     def finish_metadata(self, parent, metadata, reply_content):
         metadata = super().finish_metadata(parent, metadata, reply_content)

@@ -25,7 +25,6 @@ SIGTERM it deregisters, stops every replica it launched, and exits.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import re
@@ -47,20 +46,13 @@ from tornado.netutil import bind_sockets
 from traitlets import Bool, Float, Int, Unicode, default
 from traitlets.config import Application
 
+from ..kernel.front.launchers import die_with_parent, replica_command
 from .gpus import GPUInfo, discover_gpus
 from .http import SCHEDULER_TOKEN_ENV, APIError, JSONHandler, NotFoundHandler, req_dict, req_int, req_str
 
 RAFT_SECRET_ENV = "NOTEBOOKOS_RAFT_SECRET"  # notebookos.kernel.protocol.RAFT_SECRET_ENV
 KERNEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
-
-
-def _die_with_parent() -> None:
-    """In the replica between fork and exec: SIGKILL it when the daemon dies (as the standalone front does)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 == PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def memory_mb() -> int:
@@ -309,13 +301,12 @@ class HostDaemon(Application):
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         if hash_seed is not None:
             env["PYTHONHASHSEED"] = str(hash_seed)
-        cmd = [self.python, "-m", "notebookos.kernel.replica", "-f", str(conn_file), f"--config={config_file}",
-               f"--IPKernelApp.log_level={self.replica_log_level}"]
+        cmd = replica_command(conn_file, config_file, self.python, self.replica_log_level)
         workdir = cwd if cwd and os.path.isdir(cwd) else os.getcwd()
         with open(log_path, "ab") as log_file:
             # Popen on the event loop's thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
             process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                       preexec_fn=_die_with_parent, cwd=workdir)
+                                       preexec_fn=die_with_parent, cwd=workdir)
         replica = LaunchedReplica(kernel_id, replica_id, process, directory, log_path)
         self.replicas[key] = replica
         self.log.info("started replica %s/%d (pid %d)", kernel_id, replica_id, process.pid)

@@ -68,9 +68,11 @@ def die_with_parent() -> None:
         pass
 
 
-def replica_command(connection_file: Path, config_file: Path) -> list[str]:
-    return [sys.executable, "-m", "notebookos.kernel.replica", "-f", str(connection_file),
-            f"--config={config_file}", "--IPKernelApp.log_level=WARN"]
+def replica_command(connection_file: Path, config_file: Path, python: str = sys.executable,
+                    log_level: str = "WARN") -> list[str]:
+    """How every replica process is started, here or by a host daemon."""
+    return [python, "-m", "notebookos.kernel.replica", "-f", str(connection_file), f"--config={config_file}",
+            f"--IPKernelApp.log_level={log_level}"]
 
 
 def write_launch_files(spec: LaunchSpec) -> tuple[Path, Path]:

@@ -162,7 +162,10 @@ def state_sync(bench: Bench, sizes_mib: list[int]) -> dict[int, float]:
         reply = bench.run(f"{name} = np.random.default_rng({size}).random({size * MiB // 8})\n_t_end = time.time()")
         seq = reply["metadata"][protocol.META_KEY]["seq"]
         pending = dict(followers)
+        deadline = time.monotonic() + 120
         while pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"followers {sorted(pending)} did not apply entry {seq} within 120 s")
             for rid, kc in list(pending.items()):
                 if applied(kc) >= seq:
                     del pending[rid]

@@ -154,3 +154,19 @@ def test_a_node_without_the_secret_cannot_join_or_disturb():
     finally:
         for n in nodes + [intruder]:
             n.raft.destroy()
+
+
+def test_a_taken_raft_port_fails_fast_with_a_clear_error():
+    from notebookos.kernel.raft import RaftBindError
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    address = f"127.0.0.1:{squatter.getsockname()[1]}"
+    started = time.monotonic()
+    try:
+        with pytest.raises(RaftBindError, match="could not bind the Raft port"):
+            Node(address, [address], tuning=RaftTuning(bind_retry=0.05, bind_attempts=5))
+        assert time.monotonic() - started < 10
+    finally:
+        squatter.close()

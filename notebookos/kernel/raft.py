@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, SyncObjException, replicated
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_
 # Outcomes after which the proposal is known not to be in the log (or is deduplicated if it is): retry.
 _TRANSIENT = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED,
               FAIL_REASON.DISCARDED, FAIL_REASON.QUEUE_FULL}
+
+
+class RaftBindError(RuntimeError):
+    """This node's Raft address could not be bound."""
 
 
 class CommitError(RuntimeError):
@@ -128,6 +132,8 @@ class RaftTuning:
     election_timeout_max: float = 0.8
     connection_timeout: float = 1.0
     connection_retry: float = 0.25
+    bind_retry: float = 0.1
+    bind_attempts: int = 20
     compaction_min_entries: int = 200
     compaction_min_time: float = 300.0
 
@@ -144,6 +150,10 @@ class RaftTuning:
             connectionRetryTime=self.connection_retry,
             leaderFallbackTimeout=max(2.0, 4 * self.election_timeout_max),
             dynamicMembershipChange=True,
+            # A port taken between the front choosing it and the replica binding it must fail the replica fast
+            # (the front then replaces it with new ports), not leave a member that retries forever.
+            bindRetryTime=self.bind_retry,
+            maxBindRetries=self.bind_attempts,
             logCompactionMinEntries=self.compaction_min_entries,
             logCompactionMinTime=self.compaction_min_time,
             # The kernel process holds sockets and threads; forking it to write a snapshot is not safe.
@@ -169,6 +179,14 @@ class RaftNode:
         self.tuning = tuning or RaftTuning()
         # SyncObj's tick thread exits when the thread that created it does: create it on the main thread.
         self._sync = SyncObj(self_address, peer_addresses, self.tuning.conf(secret), consumers=[cell_log])
+        try:
+            self._sync.waitBinded()
+        except SyncObjException:
+            self._sync.destroy()
+            raise RaftBindError(
+                f"could not bind the Raft port {self_address} after {self.tuning.bind_attempts} attempts "
+                "(another process holds it); this replica exits so that a replacement starts on a new port"
+            ) from None
         if campaign_now:
             # A new group has no leader to wait out: let the replica that will run the first cell stand for
             # election at once instead of after a random 0.4-0.8 s election timeout. (PySyncObj has no option

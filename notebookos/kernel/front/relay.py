@@ -2,9 +2,8 @@
 
 Routing rules:
 
-- ``execute_request``: the :class:`ExecutorPolicy` picks the executor; it gets ``role: lead``. Once it has
-  replied, the other live replicas get the request with ``role: yield``. Only the executor's replies, iopub and
-  stdin reach the client.
+- ``execute_request``: the :class:`ExecutorPolicy` picks the executor; it gets ``role: lead``, the other live
+  replicas ``role: yield``. Only the executor's replies, iopub and stdin reach the client.
 - ``comm_msg``/``comm_close``: to the replica that owns the comm (where the widget was created).
 - Everything else (kernel_info, complete, inspect, history, is_complete, comm_info, interrupt, usage): to the
   *primary*, the last executor while alive, else the lowest-id live replica. Interrupts go to the replica running
@@ -286,6 +285,8 @@ class Relay:
                 "devices": list(choice.devices)}
         await self._to_replica(sup.replicas[chosen], "shell",
                                msg.with_metadata({**msg.metadata, protocol.META_KEY: role}))
+        if self.send_yield:
+            await self._send_yields(msg, chosen)
 
     async def _migrate(self, msg: WireMessage, choice: Migrate) -> None:
         old = self.supervisor.replicas.get(choice.replica)
@@ -300,11 +301,8 @@ class Relay:
         await self.policy.migrated(old.id, new.id, choice.host_id)
 
     async def _send_yields(self, msg: WireMessage, executor: int) -> None:
-        """Tell the other replicas they yielded ``msg``: after the executor's reply, off the cell's critical path.
-
-        A follower learns the cell's effect from the Raft log, so the notice is informational; sent alongside
-        the lead it measurably slowed every cell on a 2-core machine (two more processes woken per cell).
-        """
+        """Tell the other replicas they yield ``msg``. A follower learns the cell's effect from the Raft log, so the
+        notice is informational; replicas drop it before ipykernel's dispatcher (no busy/idle, no reply)."""
         notice = msg.with_metadata({**msg.metadata, protocol.META_KEY: {"role": protocol.ROLE_YIELD}})
         for handle in self.supervisor.live:
             if handle.id != executor:
@@ -433,7 +431,8 @@ class Relay:
         # A reply on shell or control.
         if msg_type == "execute_reply":
             queue = self.inflight.get(handle.id)
-            request = queue.pop(parent_id, None) if queue is not None else None
+            if queue is not None:
+                queue.pop(parent_id, None)
             meta = msg.metadata.get(protocol.META_KEY) or {}
             seq = meta.get("seq")
             if isinstance(seq, int):
@@ -450,8 +449,6 @@ class Relay:
         await self._to_client(channel, msg)
         if msg_type == "shutdown_reply":
             self.shutdown.set()
-        elif msg_type == "execute_reply" and request is not None and self.send_yield:
-            await self._send_yields(request, handle.id)
 
     def _colocate_leader(self, executor: ReplicaHandle, raft_leader: str | None) -> None:
         """Move Raft leadership to the executor when they differ.

@@ -276,15 +276,20 @@ class Supervisor:
             if reply.get("status") != "ok":
                 raise RuntimeError(f"could not remove it from the Raft group: {reply.get('evalue')}")
             dead.member = False
+        new = await self._launch_member(host_id)
+        log.info("replica %d replaced by %d", dead.id, new.id)
+        return new
+
+    async def _launch_member(self, host_id: str | None) -> ReplicaHandle:
+        """Start a replica and add it to the Raft group through a live member (it catches up by itself)."""
         new = await self.launch([r.raft_address for r in self.live], host_id=host_id)
         new.member = False
         reply = await self.request(self.live[0], protocol.MEMBERSHIP_REQUEST,
                                    {"op": "add", "address": new.raft_address}, timeout=15.0)
         if reply.get("status") != "ok":
             await self.kill(new)
-            raise RuntimeError(f"replacement replica {new.id} could not join: {reply.get('evalue')}")
+            raise RuntimeError(f"new replica {new.id} could not join the Raft group: {reply.get('evalue')}")
         new.member = True
-        log.info("replica %d replaced by %d", dead.id, new.id)
         return new
 
     async def migrate(self, old: ReplicaHandle, host_id: str | None, catch_up_seq: int,
@@ -295,14 +300,7 @@ class Supervisor:
             await asyncio.sleep(0.05)
         self._replacing = True
         try:
-            new = await self.launch([r.raft_address for r in self.live], host_id=host_id)
-            new.member = False
-            reply = await self.request(self.live[0], protocol.MEMBERSHIP_REQUEST,
-                                       {"op": "add", "address": new.raft_address}, timeout=15.0)
-            if reply.get("status") != "ok":
-                await self.kill(new)
-                raise RuntimeError(f"new replica {new.id} could not join: {reply.get('evalue')}")
-            new.member = True
+            new = await self._launch_member(host_id)
             deadline = time.monotonic() + timeout
             while True:  # caught up: it has applied every cell committed so far
                 try:

@@ -8,11 +8,13 @@ and drops it.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-import json
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 DELIM = b"<IDS|MSG>"
 
@@ -26,14 +28,16 @@ class Signer:
 
     def __init__(self, key: bytes, replay_window: int = 10_000):
         self.key = key
+        # Keying an HMAC costs more than hashing a small message: key once, copy per message (as Session does).
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256) if key else None
         self._seen: set[bytes] = set()
         self._order: deque[bytes] = deque()
         self._window = replay_window
 
     def sign(self, parts: list[bytes]) -> bytes:
-        if not self.key:
+        if self._keyed is None:
             return b""
-        mac = hmac.new(self.key, digestmod="sha256")
+        mac = self._keyed.copy()
         for part in parts:
             mac.update(part)
         return mac.hexdigest().encode()
@@ -103,12 +107,12 @@ class WireMessage:
         return self.parent.get("msg_id", "")
 
     def with_metadata(self, metadata: dict[str, Any]) -> WireMessage:
-        raw = json.dumps(metadata, default=str).encode()
+        raw = _dumps(metadata)
         return WireMessage(self.idents, self.header_raw, self.parent_raw, raw, self.content_raw, self.buffers,
                            self._header, self._parent, metadata, self._content)
 
     def with_content(self, content: dict[str, Any]) -> WireMessage:
-        raw = json.dumps(content, default=str).encode()
+        raw = _dumps(content)
         return WireMessage(self.idents, self.header_raw, self.parent_raw, self.metadata_raw, raw, self.buffers,
                            self._header, self._parent, self._metadata, content)
 
@@ -118,10 +122,14 @@ class WireMessage:
         return [*routing, DELIM, signer.sign(parts), *parts, *self.buffers]
 
 
+def _dumps(value: dict[str, Any]) -> bytes:
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
 def _loads(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = orjson.loads(raw)
+    except ValueError as exc:  # orjson.JSONDecodeError, also raised for invalid UTF-8
         raise BadMessage(f"{what} is not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise BadMessage(f"{what} is not a JSON object")

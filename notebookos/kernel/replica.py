@@ -22,7 +22,7 @@ from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.kernelapp import IPKernelApp
-from traitlets import Bool, Float, Int, List, Unicode
+from traitlets import Bool, DottedObjectName, Float, Int, List, Unicode
 
 from ..objectstore import load_store
 from . import protocol
@@ -61,6 +61,10 @@ class ReplicaKernel(IPythonKernel):
     )
     campaign_now = Bool(False, help="Stand for Raft leader at start instead of after an election timeout "
                         "(the front sets it for the replica that will run the first cell).").tag(config=True)
+    commit_notice_delay = Float(
+        0.01, help="Seconds after a cell's reply before followers are told its entry committed (they apply it then). "
+        "Telling them at once puts their work on the reply's path; waiting lets one notice cover several quick cells."
+    ).tag(config=True)
     compaction_entries = Int(
         200, help="Raft log entries after which the log is compacted into a snapshot of the committed refs."
     ).tag(config=True)
@@ -76,6 +80,7 @@ class ReplicaKernel(IPythonKernel):
         self._last_seq = 0
         self._executing = False
         self._yielded_to: str | None = None
+        self._notice_scheduled = False
         self.devices = DeviceBinding()
         store_kwargs = {"root": self.store_dir} if self.store_name == "local" else {}
         self.store = load_store(self.store_name, **store_kwargs)
@@ -133,8 +138,24 @@ class ReplicaKernel(IPythonKernel):
         try:
             await super().execute_request(stream, ident, parent)
         finally:
-            self.devices.release()  # the reply has been sent
+            # The reply has been sent: now followers may hear of the commit and apply it.
+            self._schedule_commit_notice()
+            self.devices.release()
             self._executing = False
+
+    def _schedule_commit_notice(self) -> None:
+        """Let followers hear of this cell's commit ``commit_notice_delay`` after its reply (one notice for every
+        cell committed meanwhile). Heartbeats carry the commit index too, so a cell that blocks the event loop
+        delays them by at most one heartbeat period."""
+        if self._notice_scheduled:
+            return
+        self._notice_scheduled = True
+
+        def release() -> None:
+            self._notice_scheduled = False
+            self.raft.release_commit_notice()
+
+        asyncio.get_running_loop().call_later(self.commit_notice_delay, release)
 
     async def _prepare_to_lead(self, meta: dict[str, Any]) -> tuple[str, str] | None:
         """Make sure this replica holds every committed cell before it runs the next one."""
@@ -158,7 +179,7 @@ class ReplicaKernel(IPythonKernel):
         )
         try:
             entry = await self._capture(code, store_history and not silent)
-            commit = asyncio.ensure_future(self.raft.commit_cell(entry, self.commit_timeout))
+            commit = asyncio.ensure_future(self.raft.commit_cell(entry, self.commit_timeout, hold_notice=True))
             await asyncio.sleep(0)  # let the proposal leave before we block on the flushes below
             # ipykernel flushes the cell's output after do_execute; doing it now overlaps the Raft round trip.
             if sys.stdout is not None:
@@ -293,8 +314,23 @@ def _frame_bytes(frame: Any) -> bytes:
     return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
 
 
+class ReplicaKernelApp(IPKernelApp):
+    """ipykernel's kernel application, configured for a replica."""
+
+    outstream_class = DottedObjectName(
+        "notebookos.kernel.iostream.ReplicaOutStream",
+        help="stdout/stderr class: ipykernel's, with a flush that costs nothing when nothing is buffered.",
+    ).tag(config=True)
+
+    def init_sockets(self):
+        super().init_sockets()
+        # ipykernel 7 receives shell messages on a thread of their own only to route subshell requests, which the
+        # front declines; without it every request (and every yield notice) costs one thread hand-off less.
+        self.shell_channel_thread = None
+
+
 def main() -> None:
-    IPKernelApp.launch_instance(kernel_class=ReplicaKernel)
+    ReplicaKernelApp.launch_instance(kernel_class=ReplicaKernel)
 
 
 if __name__ == "__main__":

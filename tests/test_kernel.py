@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
 import time
@@ -69,6 +70,44 @@ def _settled(replicas: dict) -> dict | None:
     seqs = {json.dumps([r.get("digests"), r.get("In"), r.get("execution_count")], sort_keys=True)
             for r in replicas.values()}
     return replicas if len(seqs) == 1 and all("digests" in r for r in replicas.values()) else None
+
+
+def test_followers_take_yield_notices_silently(k):
+    """A yield notice reaches every follower (its status names the request) but costs no busy/idle or reply there."""
+    from jupyter_client import BlockingKernelClient
+
+    k.execute("warm = 1")
+    info = k.info()
+    followers = [r for r in info["replicas"] if r["alive"] and r["id"] != info["last_executor"]]
+    assert len(followers) == 2
+    listeners = []
+    for row in followers:
+        kc = BlockingKernelClient(connection_file=row["connection_file"])
+        kc.load_connection_file()
+        kc.start_channels(shell=False, stdin=False, hb=False, control=False)
+        listeners.append(kc)
+    try:
+        time.sleep(1.0)  # let the iopub subscriptions settle before the cell
+        msg_id = k.client.execute("yielded_cell = 2")
+        assert k.reply(msg_id)["status"] == "ok"
+        for row in followers:
+            status = k.wait_for(
+                lambda row=row: next(r["status"] for r in k.info()["replicas"] if r["id"] == row["id"]).get(
+                    "last_yielded_request") == msg_id, what=f"replica {row['id']} to record the yield")
+            assert status
+        for kc in listeners:
+            seen = []
+            while True:
+                try:
+                    msg = kc.get_iopub_msg(timeout=0.5)
+                except queue.Empty:
+                    break
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    seen.append(msg["msg_type"])
+            assert seen == [], f"a follower published {seen} for a cell it yielded"
+    finally:
+        for kc in listeners:
+            kc.stop_channels()
 
 
 def test_out_and_underscore_agree(k):

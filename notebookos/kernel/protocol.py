@@ -11,9 +11,9 @@ META_KEY = "notebookos"
 
 ROLE_LEAD = "lead"
 ROLE_YIELD = "yield"
-# The front writes metadata with json.dumps' default separators, so a yield notice contains exactly these bytes;
-# replicas look for them without deserialising the message.
-YIELD_MARKER = b'"notebookos": {"role": "yield"}'
+# Replicas test a request's raw metadata for these bytes before deserialising it: a lead never contains them, so
+# leads skip the parse; a hit is confirmed by parsing (user metadata might contain the word).
+YIELD_MARKER = b'"yield"'
 
 # Control-channel requests the front sends to replicas (never relayed to or from clients).
 STATUS_REQUEST = "notebookos_status_request"

@@ -5,7 +5,7 @@ Measures, and prints as a table with ratios:
 - execute round trip of ``x = 1 + 1`` (client send -> execute_reply), p50 and p99 over ``--cells`` cells;
 - kernel start until the first cell has run;
 - state sync: time from the end of a cell that creates a 1/16/256 MiB array until every follower has applied it
-  (followers are polled directly on their control channels), as GB/s;
+  (followers are polled directly on their control channels), median of 3, as GB/s;
 - idle CPU per process over ``--idle`` seconds (each replica and the front; the plain kernel);
 - failover: executor SIGKILL -> reply of the next cell, against restarting a plain kernel and running a cell
   (what a user of a plain kernel does, losing the state).
@@ -152,26 +152,36 @@ def applied(kc: BlockingKernelClient) -> int:
             return reply["content"]["applied_index"]
 
 
-def state_sync(bench: Bench, sizes_mib: list[int]) -> dict[int, float]:
-    bench.run("import numpy as np, time")
+def wait_applied(followers: dict[int, BlockingKernelClient], seq: int, timeout: float = 120) -> None:
+    pending = dict(followers)
+    deadline = time.monotonic() + timeout
+    while pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"followers {sorted(pending)} did not apply entry {seq} within {timeout:g} s")
+        for rid, kc in list(pending.items()):
+            if applied(kc) >= seq:
+                del pending[rid]
+
+
+def state_sync(bench: Bench, sizes_mib: list[int], repeats: int = 1) -> dict[int, float]:
+    """Median over ``repeats`` of each size (the first write of a large value also pays for fresh pages)."""
     followers = follower_clients(bench)
+    # Followers import numpy when they apply this cell: let them finish before anything is timed.
+    reply = bench.run("import numpy as np, time")
+    wait_applied(followers, reply["metadata"][protocol.META_KEY]["seq"])
     seconds = {}
     for size in sizes_mib:
         name = f"state_{size}"
-        # Touch the memory first so page faults of a fresh allocation are not counted as sync time.
-        reply = bench.run(f"{name} = np.random.default_rng({size}).random({size * MiB // 8})\n_t_end = time.time()")
-        seq = reply["metadata"][protocol.META_KEY]["seq"]
-        pending = dict(followers)
-        deadline = time.monotonic() + 120
-        while pending:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"followers {sorted(pending)} did not apply entry {seq} within 120 s")
-            for rid, kc in list(pending.items()):
-                if applied(kc) >= seq:
-                    del pending[rid]
-        done = time.time()
-        seconds[size] = done - bench.value("_t_end")
-        bench.run(f"del {name}")
+        runs = []
+        for i in range(repeats):
+            # Touch the memory first so page faults of a fresh allocation are not counted as sync time.
+            reply = bench.run(f"{name} = np.random.default_rng({size + i}).random({size * MiB // 8})\n"
+                              "_t_end = time.time()")
+            wait_applied(followers, reply["metadata"][protocol.META_KEY]["seq"])
+            done = time.time()
+            runs.append(done - bench.value("_t_end"))
+            bench.run(f"del {name}")
+        seconds[size] = statistics.median(runs)
     for kc in followers.values():
         kc.stop_channels()
     return seconds
@@ -230,7 +240,7 @@ def main() -> None:
         results["round_trip_ms"] = {k: {"p50": 1e3 * percentile(v, 50), "p99": 1e3 * percentile(v, 99)}
                                     for k, v in rt.items()}
         results["idle_cpu_percent"] = {"python3": idle_cpu(plain, args.idle), "notebookos": idle_cpu(repl, args.idle)}
-        sync = state_sync(repl, sizes)
+        sync = state_sync(repl, sizes, repeats)
         results["state_sync"] = {f"{s} MiB": {"seconds": t, "GB_per_s": s * MiB / t / 1e9} for s, t in sync.items()}
         plain_restart = []
         for _ in range(repeats):

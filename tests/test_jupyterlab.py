@@ -108,10 +108,18 @@ def test_a_notebook_session_runs_cells_over_the_websocket(lab):
         info, _ = await _exchange(ws, sid, "kernel_info_request", {})
         assert info["content"]["status"] == "ok"
         assert "kernel subshells" not in info["content"].get("supported_features", [])
-        reply, out = await _exchange(ws, sid, "execute_request", {"code": "import notebookos.kernel\n"
-                                     "n = len(notebookos.kernel.replicas())\nprint('replicas', n)", "silent": False})
-        assert reply["content"]["status"] == "ok"
-        assert "".join(m["content"].get("text", "") for m in out if m["msg_type"] == "stream") == "replicas 3\n"
+        # The first cell may run before the last replica (not needed for a majority) has started: wait for it.
+        deadline = time.monotonic() + 30
+        while True:
+            reply, out = await _exchange(ws, sid, "execute_request", {"code": "import notebookos.kernel\n"
+                                         "n = len(notebookos.kernel.replicas())\nprint('replicas', n)",
+                                         "silent": False})
+            assert reply["content"]["status"] == "ok"
+            text = "".join(m["content"].get("text", "") for m in out if m["msg_type"] == "stream")
+            if text == "replicas 3\n" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert text == "replicas 3\n"
         reply, out = await _exchange(ws, sid, "execute_request", {"code": "n * 14", "silent": False})
         assert [m["content"]["data"]["text/plain"] for m in out if m["msg_type"] == "execute_result"] == ["42"]
         ws.close()

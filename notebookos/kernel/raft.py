@@ -146,6 +146,10 @@ class RaftTuning:
     """
 
     tick_period: float = 0.1
+    # Until this node knows a leader and reaches every peer it ticks (and retries connections) this often: peers
+    # start within a few hundred ms of each other, and PySyncObj only connects from its tick.
+    startup_tick_period: float = 0.01
+    startup_limit: float = 5.0
     append_entries_period: float = 0.1
     election_timeout_min: float = 0.4
     election_timeout_max: float = 0.8
@@ -160,13 +164,13 @@ class RaftTuning:
         return SyncObjConf(
             password=secret,
             autoTick=True,
-            autoTickPeriod=self.tick_period,
+            autoTickPeriod=self.startup_tick_period,
             appendEntriesPeriod=self.append_entries_period,
             appendEntriesUseBatch=False,
             raftMinTimeout=self.election_timeout_min,
             raftMaxTimeout=self.election_timeout_max,
             connectionTimeout=self.connection_timeout,
-            connectionRetryTime=self.connection_retry,
+            connectionRetryTime=self.startup_tick_period,
             leaderFallbackTimeout=max(2.0, 4 * self.election_timeout_max),
             dynamicMembershipChange=True,
             # A port taken between the front choosing it and the replica binding it must fail the replica fast
@@ -197,7 +201,8 @@ class RaftNode:
         self.cell_log = cell_log
         self.tuning = tuning or RaftTuning()
         # SyncObj's tick thread exits when the thread that created it does: create it on the main thread.
-        self._sync = _CellSyncObj(self_address, peer_addresses, self.tuning.conf(secret), consumers=[cell_log])
+        self._conf = self.tuning.conf(secret)
+        self._sync = _CellSyncObj(self_address, peer_addresses, self._conf, consumers=[cell_log])
         try:
             self._sync.waitBinded()
         except SyncObjException:
@@ -210,12 +215,32 @@ class RaftNode:
             # A new group has no leader to wait out: let the replica that will run the first cell stand for
             # election at once instead of after a random 0.4-0.8 s election timeout. (PySyncObj has no option
             # for this; the attribute is its election deadline, and nothing else is touched.)
+            # The deadline is on PySyncObj's own clock (CLOCK_MONOTONIC_RAW, not time.monotonic): zero means "already
+            # passed" on any clock, so the node stands as soon as it reaches a peer.
             deadline = "_SyncObj__raftElectionDeadline"
             if hasattr(self._sync, deadline):
-                setattr(self._sync, deadline, time.monotonic() + 0.02)
+                setattr(self._sync, deadline, 0.0)
         # Calls that touch PySyncObj's transport directly must run on its tick thread.
         self._on_tick: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._sync.addOnTickCallback(self._drain_tick_calls)
+        self._settled = False
+        self._startup_until = time.monotonic() + self.tuning.startup_limit
+        self._sync.addOnTickCallback(self._end_startup_when_settled)
+
+    def _end_startup_when_settled(self) -> None:
+        """Go from startup to steady-state ticking once a leader is known and every peer is connected."""
+        sync = self._sync
+        if self._settled:
+            return
+        settled = sync._getLeader() is not None and all(sync.isNodeConnected(n) for n in sync.otherNodes)
+        # A peer that never comes up (dead before it started) must not keep this node ticking fast for ever.
+        if not settled and time.monotonic() < self._startup_until:
+            return
+        # PySyncObj reads these from its conf on every tick and connection attempt. (The callback stays registered:
+        # PySyncObj iterates its callback list while calling them, so removing one from inside is not safe.)
+        self._conf.autoTickPeriod = self.tuning.tick_period
+        self._conf.connectionRetryTime = self.tuning.connection_retry
+        self._settled = True
 
     def _on_tick_thread(self, call: Callable[[], None]) -> None:
         """Run ``call`` on PySyncObj's tick thread, waking it now rather than at its next tick."""

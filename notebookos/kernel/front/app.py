@@ -63,6 +63,11 @@ class NotebookOSFront(Application):
     gpu_request = Int(1, help="Cluster mode: GPUs a cell of this kernel needs.").tag(config=True)
     cpu_request = Float(1.0, help="Cluster mode: CPUs each replica holds.").tag(config=True)
     memory_request_mb = Int(2048, help="Cluster mode: memory each replica holds (MB).").tag(config=True)
+    start_stagger = Float(0.05, help="Standalone mode: seconds between starting the replicas of the first Raft "
+                          "majority, so the first one (which answers kernel_info) is not slowed by the others.").tag(
+        config=True)
+    minority_start_delay = Float(0.3, help="Standalone mode: seconds after the majority before the remaining "
+                                 "replicas start; the kernel runs cells without them meanwhile.").tag(config=True)
     compaction_entries = Int(200, help="Raft log entries between snapshots.").tag(config=True)
 
     aliases = {
@@ -134,7 +139,10 @@ class NotebookOSFront(Application):
         supervisor.starting = True  # until start() below has launched the group: early requests wait for it
         _start_heartbeat(connection)
         relay.start()
-        await supervisor.start(count, hosts=hosts, ids=ids)
+        if scheduler is None:
+            await supervisor.start(count, stagger=self.start_stagger, minority_delay=self.minority_start_delay)
+        else:  # replicas on different hosts do not compete for cores
+            await supervisor.start(count, hosts=hosts, ids=ids)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, relay.shutdown.set)

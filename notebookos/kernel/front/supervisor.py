@@ -161,6 +161,9 @@ class Supervisor:
                               ("iopub", zmq.SUB)):
             sock = self.context.socket(kind)
             sock.linger = 0
+            # The replica binds these ports only once its interpreter is up; retry every 10 ms rather than ZeroMQ's
+            # default 100 ms, so the first requests (and the iopub status a client waits for) are not held back.
+            sock.reconnect_ivl = 10
             if kind == zmq.DEALER:
                 # shell and stdin share one identity: the replica routes input_request by the shell request's id.
                 sock.identity = identity
@@ -171,11 +174,14 @@ class Supervisor:
         if self.on_sockets:
             self.on_sockets(handle)
 
-    async def start(self, count: int, hosts: list[str | None] | None = None,
-                    ids: list[int] | None = None) -> list[ReplicaHandle]:
+    async def start(self, count: int, hosts: list[str | None] | None = None, ids: list[int] | None = None,
+                    stagger: float = 0.0, minority_delay: float = 0.0) -> list[ReplicaHandle]:
         """Launch the initial group; every member is told every other member's Raft address up front.
 
-        In cluster mode ``hosts`` and ``ids`` are the scheduler's placement.
+        In cluster mode ``hosts`` and ``ids`` are the scheduler's placement. On one machine, replicas that start
+        together share its cores: ``stagger`` seconds between the replicas of the first majority (the first one,
+        which answers kernel_info and runs the first cell, starts alone), then ``minority_delay`` before the rest,
+        which the first cell does not need (a majority commits it).
         """
         addresses = [f"{self.host}:{port}" for port in _free_ports(self.host, count)]
         hosts = hosts or [None] * count
@@ -184,8 +190,16 @@ class Supervisor:
         first = min(ids)
         self.starting = True
         try:
-            return [await self.launch(addresses, raft_address=address, campaign_now=ids[i] == first,
-                                      host_id=hosts[i], replica_id=ids[i]) for i, address in enumerate(addresses)]
+            handles = []
+            majority = count // 2 + 1
+            for i, address in enumerate(addresses):
+                if 0 < i < majority:
+                    await asyncio.sleep(stagger)
+                elif i == majority:
+                    await asyncio.sleep(minority_delay)
+                handles.append(await self.launch(addresses, raft_address=address, campaign_now=ids[i] == first,
+                                                 host_id=hosts[i], replica_id=ids[i]))
+            return handles
         finally:
             self.starting = False
 

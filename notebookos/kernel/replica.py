@@ -25,7 +25,7 @@ from ipykernel.kernelapp import IPKernelApp
 from traitlets import Bool, DottedObjectName, Float, Int, List, Unicode
 
 from ..objectstore import load_store
-from . import protocol
+from . import protocol, tensors
 from .applier import Applier
 from .devices import DeviceBinding
 from .namespace import NamespaceTracker, format_unserialisable_warning
@@ -135,6 +135,9 @@ class ReplicaKernel(IPythonKernel):
             return
         self._executing = True
         self.devices.bind(tuple(meta.get("devices") or ()))
+        if self.devices.devices and tensors.displaced_count():
+            # Tensors this replica received from a GPU executor wait in host memory: the cell expects them on a GPU.
+            tensors.restore_displaced(self.devices.torch_device())
         try:
             await super().execute_request(stream, ident, parent)
         finally:

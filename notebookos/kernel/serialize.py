@@ -15,6 +15,8 @@ directly. On top of cloudpickle:
   it stops a follower namespace from receiving the leader's class object, whose methods would read the
   leader's globals. An existing class is updated only when the class itself is loaded, not whenever an
   instance of it is.
+* PyTorch tensors travel as their bytes and dtype, and GPU tensors come back in host memory on a follower (which
+  holds no GPU) until it leads a cell with a GPU bound (see ``tensors.py``).
 * Open text files are refused (cloudpickle would read the whole file and ship its text as a ``StringIO``).
 * A few history-dependent details are removed from class and code pickles so that a value pickles the same on
   the replica that defined it and on one that loaded it (see :func:`namespace_digests` for what remains).
@@ -36,6 +38,7 @@ import cloudpickle
 from cloudpickle import cloudpickle as _cp
 
 from ..objectstore.base import content_digest
+from .tensors import reduce_tensor
 
 PROTOCOL = 5
 
@@ -237,6 +240,10 @@ class NamespacePickler(cloudpickle.Pickler):
             return _reduce_code(obj)
         if t is io.TextIOWrapper and obj is not sys.stdout and obj is not sys.stderr:
             raise TypeError("cannot pickle '_io.TextIOWrapper' object")
+        if "torch" in sys.modules:
+            rv = reduce_tensor(obj)
+            if rv is not None:
+                return rv
         rv = super().reducer_override(obj)
         if type(rv) is tuple and rv[0] in _SKELETONS:
             kind, index = _SKELETONS[rv[0]]

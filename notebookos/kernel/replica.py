@@ -137,7 +137,10 @@ class ReplicaKernel(IPythonKernel):
         self.devices.bind(tuple(meta.get("devices") or ()))
         if self.devices.devices and tensors.displaced_count():
             # Tensors this replica received from a GPU executor wait in host memory: the cell expects them on a GPU.
-            tensors.restore_displaced(self.devices.torch_device())
+            try:
+                tensors.restore_displaced(self.devices.torch_device())
+            except Exception:  # e.g. the bound GPU is not reachable; device() tells the cell why, in its output
+                self.log.exception("could not move replicated tensors to GPU %s", self.devices.devices)
         try:
             await super().execute_request(stream, ident, parent)
         finally:

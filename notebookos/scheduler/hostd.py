@@ -46,7 +46,8 @@ from tornado.netutil import bind_sockets
 from traitlets import Bool, Float, Int, Unicode, default
 from traitlets.config import Application
 
-from ..kernel.front.launchers import die_with_parent, replica_command
+from ..kernel.front.launchers import replica_command
+from ..parentdeath import kill_with_parent
 from .gpus import GPUInfo, discover_gpus
 from .http import SCHEDULER_TOKEN_ENV, APIError, JSONHandler, NotFoundHandler, req_dict, req_int, req_str
 
@@ -306,7 +307,7 @@ class HostDaemon(Application):
         with open(log_path, "ab") as log_file:
             # Popen on the event loop's thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
             process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                       preexec_fn=die_with_parent, cwd=workdir)
+                                       preexec_fn=kill_with_parent, cwd=workdir)
         replica = LaunchedReplica(kernel_id, replica_id, process, directory, log_path)
         self.replicas[key] = replica
         self.log.info("started replica %s/%d (pid %d)", kernel_id, replica_id, process.pid)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import ctypes
 import os
 import secrets
 import signal
@@ -32,6 +31,8 @@ from typing import Any
 
 from traitlets import Float, List, Unicode
 from traitlets.config import LoggingConfigurable
+
+from ..parentdeath import term_with_parent
 
 ENTRY_POINT_GROUP = "notebookos.host_providers"
 
@@ -89,15 +90,6 @@ class HostProvider(LoggingConfigurable, metaclass=_ProviderMeta):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"host {host_id!r} did not register within {timeout or self.registration_timeout:g} s")
             await asyncio.sleep(0.05)
-
-
-def _term_with_parent() -> None:
-    """In the child between fork and exec: SIGTERM it when its parent (the scheduler) dies, so the host daemon
-    stops its replicas and nothing outlives a killed scheduler."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class LocalHostProvider(HostProvider):
@@ -159,7 +151,7 @@ class LocalHostProvider(HostProvider):
             # Its own process group, so removal can kill the daemon and anything it left behind at once.
             process = subprocess.Popen(self.command(host_id, gpus, host_dir), env=env, stdin=subprocess.DEVNULL,
                                        stdout=log_file, stderr=subprocess.STDOUT, process_group=0,
-                                       preexec_fn=_term_with_parent)
+                                       preexec_fn=term_with_parent)
         self.processes[host_id] = process
         self.log.info("starting host %s (pid %d, %d virtual GPUs)", host_id, process.pid, gpus)
 

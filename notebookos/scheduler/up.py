@@ -14,7 +14,6 @@ process group; a second Ctrl-C skips the grace periods. The cluster's URL, token
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import secrets
@@ -28,16 +27,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ..parentdeath import term_with_parent
 from .http import SCHEDULER_TOKEN_ENV, SCHEDULER_URL_ENV, write_private_json
 
 DEFAULT_KERNEL_FLAG = "--MultiKernelManager.default_kernel_name=notebookos"
-
-
-def _term_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class Stop(Exception):
@@ -52,7 +45,7 @@ class Child:
         try:
             self.process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                             stderr=subprocess.STDOUT if out else None, process_group=0,
-                                            preexec_fn=_term_with_parent)
+                                            preexec_fn=term_with_parent)
         finally:
             if out:
                 out.close()

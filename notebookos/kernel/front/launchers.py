@@ -7,15 +7,15 @@ A small abstract base in the style of jupyter_client's provisioners. The supervi
 from __future__ import annotations
 
 import abc
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ...parentdeath import kill_with_parent
 
 
 @dataclass
@@ -60,14 +60,6 @@ class ReplicaLauncher(abc.ABC):
         """Stop the process now (SIGKILL)."""
 
 
-def die_with_parent() -> None:
-    """Run in the replica between fork and exec: PR_SET_PDEATHSIG, so replicas die with their front."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 == PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def replica_command(connection_file: Path, config_file: Path, python: str = sys.executable,
                     log_level: str = "WARN") -> list[str]:
     """How every replica process is started, here or by a host daemon."""
@@ -94,7 +86,7 @@ class LocalLauncher(ReplicaLauncher):
         env = {**os.environ, **spec.env}
         with open(spec.runtime_dir / f"replica-{spec.replica_id}.log", "ab") as log_file:
             process = subprocess.Popen(replica_command(conn_file, config_file), env=env, stdin=subprocess.DEVNULL,
-                                       stdout=log_file, stderr=log_file, preexec_fn=die_with_parent,
+                                       stdout=log_file, stderr=log_file, preexec_fn=kill_with_parent,
                                        cwd=os.getcwd())
         return Launched(process.pid, spec.connection["ip"], {"process": process})
 

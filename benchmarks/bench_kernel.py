@@ -5,7 +5,7 @@ Measures, and prints as a table with ratios:
 - execute round trip of ``x = 1 + 1`` (client send -> execute_reply), p50 and p99 over ``--cells`` cells;
 - kernel start until the first cell has run;
 - state sync: time from the end of a cell that creates a 1/16/256 MiB array until every follower has applied it
-  (followers are polled directly on their control channels), median of 3 after two untimed rounds, as GB/s;
+  (followers are polled directly on their control channels), median of 3, as GB/s;
 - idle CPU per process over ``--idle`` seconds (each replica and the front; the plain kernel);
 - failover: executor SIGKILL -> reply of the next cell, against restarting a plain kernel and running a cell
   (what a user of a plain kernel does, losing the state).
@@ -164,18 +164,12 @@ def wait_applied(followers: dict[int, BlockingKernelClient], seq: int, timeout: 
 
 
 def state_sync(bench: Bench, sizes_mib: list[int], repeats: int = 1) -> dict[int, float]:
-    """Median over ``repeats`` of each size (the first write of a large value also pays for fresh pages)."""
+    """Median over ``repeats`` of each size. Each repeat stores a new value, so it also pays for fresh store pages."""
     followers = follower_clients(bench)
     # Followers import numpy when they apply this cell: let them finish before anything is timed.
     reply = bench.run("import numpy as np, time")
     wait_applied(followers, reply["metadata"][protocol.META_KEY]["seq"])
     seconds = {}
-    # Two untimed rounds at the largest size: on a VM the first touch of fresh guest memory (the executor's array,
-    # the store file, the followers' mappings) can cost more than the sync itself, and is not what this measures.
-    for seed in range(2):
-        reply = bench.run(f"warm = np.random.default_rng({10_000 + seed}).random({max(sizes_mib) * MiB // 8})")
-        wait_applied(followers, reply["metadata"][protocol.META_KEY]["seq"])
-        bench.run("del warm")
     for size in sizes_mib:
         name = f"state_{size}"
         runs = []

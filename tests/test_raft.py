@@ -100,6 +100,33 @@ def test_no_quorum_means_no_commit(group):
     assert survivor.log.records == {}
 
 
+def test_a_survivor_told_the_leader_died_is_elected_without_waiting_for_a_timeout():
+    # Election timeouts far longer than the test waits: only campaign() can produce these leaders.
+    tuning = RaftTuning(election_timeout_min=60.0, election_timeout_max=90.0)
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    nodes = [Node(a, addresses, tuning=tuning) for a in addresses]
+    try:
+        nodes[0].raft.campaign()
+        assert wait(lambda: all(n.raft.leader_address() == addresses[0] for n in nodes), 20)
+        asyncio.run(nodes[0].raft.commit_cell(entry(1), timeout=10))
+        # Raft would rightly refuse a candidate whose log lacks the entry (the front asks the most recent one).
+        assert wait(lambda: all(n.raft.status()["last_log"] == nodes[0].raft.status()["last_log"] for n in nodes))
+        old_term = nodes[0].raft.status()["term"]
+        nodes[0].raft.destroy()
+        survivors = nodes[1:]
+        # Both survivors still believe in the dead leader; the one told to campaign takes over.
+        assert all(n.raft.leader_address() == addresses[0] for n in survivors)
+        survivors[1].raft.campaign()
+        assert wait(lambda: all(n.raft.leader_address() == addresses[2] for n in survivors), 20), [
+            n.raft.status() for n in survivors]
+        asyncio.run(survivors[0].raft.commit_cell(entry(2), timeout=10))
+        assert wait(lambda: survivors[1].log.records.get("x") == 2)
+        assert survivors[1].raft.status()["term"] > old_term
+    finally:
+        for n in nodes[1:]:
+            n.raft.destroy()
+
+
 def test_replacement_joins_and_catches_up_from_a_snapshot():
     tuning = RaftTuning(compaction_min_entries=3)
     ports = free_ports(4)

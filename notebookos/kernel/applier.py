@@ -63,6 +63,10 @@ class Applier:
                 except Exception as exc:  # keep applying later entries; the error is reported by status
                     log.exception("failed to apply committed %s %d", event.kind, event.seq)
                     self.errors.append(f"{event.kind} {event.seq}: {exc!r}")
+                # Values that could not be loaded were left unbound; the rest of the entry applied.
+                self.errors.extend(f"{event.kind} {event.seq}: {what}: {why}"
+                                   for what, why in self.tracker.apply_errors.items())
+                self.tracker.apply_errors = {}
                 with self._cond:
                     self.applied_seq = max(self.applied_seq, event.seq)
                     self._cond.notify_all()

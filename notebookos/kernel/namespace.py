@@ -48,7 +48,7 @@ from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..objectstore.base import ObjectStore, as_bytes_view, content_digest
+from ..objectstore.base import ObjectNotFound, ObjectStore, as_bytes_view, content_digest
 from . import serialize
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,9 @@ class NamespaceTracker:
         self.inline_budget = inline_budget
         #: name -> reason, for values the last apply/restore could not materialise (the name is left unbound).
         self.apply_errors: dict[str, str] = {}
+        #: name -> digest of a blob the store no longer has (collected as garbage, see garbage.py). Only a replica
+        #: behind the log sees this, and a later entry it has yet to apply rebinds or deletes the name.
+        self.missing: dict[str, str] = {}
         self._entries: dict[str, _Entry] = {}
 
     # -- shared ----------------------------------------------------------------------------------------------
@@ -444,6 +447,7 @@ class NamespaceTracker:
         for n in [*delta.deleted, *delta.unserialisable]:
             ns.pop(n, None)
             self._entries.pop(n, None)
+            self.missing.pop(n, None)
         await self._bind_all(delta.updated, keep_current=False)
         extras: dict[str, object] = {}
         for key, ref in delta.extras.items():
@@ -460,6 +464,7 @@ class NamespaceTracker:
             if n not in records and not e.primed:
                 ns.pop(n, None)
                 del self._entries[n]
+        self.missing = {n: d for n, d in self.missing.items() if n in records}
         await self._bind_all(records, keep_current=True)
 
     async def _bind_all(self, refs: dict[str, ValueRef], keep_current: bool) -> None:
@@ -471,7 +476,8 @@ class NamespaceTracker:
             if n in kept:
                 continue
             ref = refs[n]
-            obj = await self._resolve(ref, repr(n))
+            self.missing.pop(n, None)
+            obj = await self._resolve(ref, repr(n), name=n)
             if obj is _MISSING:
                 ns.pop(n, None)
                 self._entries.pop(n, None)
@@ -496,7 +502,7 @@ class NamespaceTracker:
             groups.setdefault(ref.alias_of or n, set()).add(n)
         return {n for n in holding if sharing.get(id(ns[n]), {n}) == groups[refs[n].alias_of or n] <= holding}
 
-    async def _resolve(self, ref: ValueRef, what: str) -> Any:
+    async def _resolve(self, ref: ValueRef, what: str, name: str | None = None) -> Any:
         if ref.alias_of is not None:
             e = self._entries.get(ref.alias_of)
             target = self.user_ns.get(ref.alias_of, _MISSING)
@@ -504,6 +510,14 @@ class NamespaceTracker:
                 return target
         try:
             return await self._materialise(ref)
+        except ObjectNotFound as exc:
+            if name is None:  # an Out value: never collected while its cell is in the history
+                log.error("could not load %s: %s", what, exc)
+                self.apply_errors[what] = str(exc)
+            else:
+                log.info("%s: blob %s was already collected; a later entry rebinds the name", what, ref.digest)
+                self.missing[name] = ref.digest
+            return _MISSING
         except Exception as exc:
             # Leave the name unbound rather than stop half-way: the rest of the delta still applies.
             log.exception("could not load %s (%s %s)", what, ref.kind, ref.digest)

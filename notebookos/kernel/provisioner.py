@@ -31,6 +31,8 @@ class NotebookOSProvisioner(LocalProvisioner):
     commit_timeout = Float(10.0, help="Seconds a cell's commit may wait for a Raft quorum.").tag(config=True)
     store_dir = Unicode("", help="Object store directory for values over 1 MiB (default: per kernel, "
                         "removed at shutdown).").tag(config=True)
+    collect_garbage = Bool(None, allow_none=True, help="Delete stored values nothing refers to any more (default: "
+                           "only for the per-kernel store, not a store_dir you configure).").tag(config=True)
     raft_host = Unicode("127.0.0.1", help="Address the replicas' Raft ports bind to.").tag(config=True)
     replace_lost_replicas = Bool(True, help="Start a replacement when a replica dies.").tag(config=True)
     gpus = Unicode("", help="Standalone: comma-separated GPU device ids a cell gets while it runs.").tag(config=True)
@@ -42,7 +44,7 @@ class NotebookOSProvisioner(LocalProvisioner):
     send_yield = Bool(True, help="Send the replicas that do not run a cell a 'yield' copy of its request.").tag(
         config=True)
 
-    _FRONT_OPTIONS = ("replicas", "commit_timeout", "store_dir", "raft_host", "replace_lost_replicas", "send_yield",
+    _FRONT_OPTIONS = ("replicas", "commit_timeout", "store_dir", "collect_garbage", "raft_host", "replace_lost_replicas", "send_yield",
                       "gpus", "executor_policy_class", "scheduler_url", "gpu_request")
 
     def __init__(self, **kwargs: Any):
@@ -74,8 +76,9 @@ class NotebookOSProvisioner(LocalProvisioner):
     def front_arguments(self) -> list[str]:
         """This provisioner's options as the front's command-line config."""
         values = {name: getattr(self, name) for name in self._FRONT_OPTIONS}
-        if not values["executor_policy_class"]:
-            del values["executor_policy_class"]
+        for name in ("executor_policy_class", "collect_garbage"):  # unset: the front's default applies
+            if values[name] in ("", None):
+                del values[name]
         if values["scheduler_url"]:
             values["kernel_id"] = self.kernel_id
         if self._store is not None:

@@ -65,6 +65,9 @@ class ReplicaKernel(IPythonKernel):
         0.01, help="Seconds after a cell's reply before followers are told its entry committed (they apply it then). "
         "Telling them at once puts their work on the reply's path; waiting lets one notice cover several quick cells."
     ).tag(config=True)
+    collect_garbage = Bool(True, help="Before running a cell, delete the object-store blobs no committed name or "
+                           "Out refers to any more (turn off when the store directory is shared between kernels)."
+                           ).tag(config=True)
     compaction_entries = Int(
         200, help="Raft log entries after which the log is compacted into a snapshot of the committed refs."
     ).tag(config=True)
@@ -81,6 +84,8 @@ class ReplicaKernel(IPythonKernel):
         self._executing = False
         self._yielded_to: str | None = None
         self._notice_scheduled = False
+        self._collecting: asyncio.Future[list[str]] | None = None
+        self._background: set[asyncio.Future] = set()
         self.devices = DeviceBinding()
         store_kwargs = {"root": self.store_dir} if self.store_name == "local" else {}
         self.store = load_store(self.store_name, **store_kwargs)
@@ -134,6 +139,7 @@ class ReplicaKernel(IPythonKernel):
             self._send_error_reply(stream, ident, parent, *problem)
             return
         self._executing = True
+        self._start_collecting()
         self.devices.bind(tuple(meta.get("devices") or ()))
         if self.devices.devices and tensors.displaced_count():
             # Tensors this replica received from a GPU executor wait in host memory: the cell expects them on a GPU.
@@ -184,7 +190,7 @@ class ReplicaKernel(IPythonKernel):
             code, silent, store_history, user_expressions, allow_stdin, cell_meta=cell_meta, cell_id=cell_id
         )
         try:
-            entry = await self._capture(code, store_history and not silent)
+            entry = await self._capture(code, store_history and not silent, await self._collected())
             commit = asyncio.ensure_future(self.raft.commit_cell(entry, self.commit_timeout, hold_notice=True))
             await asyncio.sleep(0)  # let the proposal leave before we block on the flushes below
             # ipykernel flushes the cell's output after do_execute; doing it now overlaps the Raft round trip.
@@ -200,7 +206,18 @@ class ReplicaKernel(IPythonKernel):
                                         "state is as of the last committed cell.")
         return reply
 
-    async def _capture(self, code: str, store_history: bool) -> dict[str, Any]:
+    def _start_collecting(self) -> None:
+        """Delete garbage blobs (garbage.py) while the cell runs; :meth:`_collected` waits for it before the cell's
+        own values are stored, so a value that comes back is written again rather than found and then deleted."""
+        garbage = self.cell_log.garbage() if self.collect_garbage and self._collecting is None else []
+        if garbage:
+            self._collecting = asyncio.ensure_future(self.store.delete_many(garbage))
+
+    async def _collected(self) -> list[str]:
+        collecting, self._collecting = self._collecting, None
+        return await collecting if collecting is not None else []
+
+    async def _capture(self, code: str, store_history: bool, collected: list[str]) -> dict[str, Any]:
         """The Raft entry for the cell that just ran: its namespace delta, code and execution count."""
         shell = self.shell
         n = shell.execution_count - 1
@@ -220,6 +237,7 @@ class ReplicaKernel(IPythonKernel):
             "execution_count": n,
             "store_history": store_history,
             "delta": delta,
+            "collected": collected,
         }
         return entry
 
@@ -254,6 +272,7 @@ class ReplicaKernel(IPythonKernel):
             "raft_term": raft["term"],
             "raft_leader": raft["leader"],
             "raft_members": raft["members"],
+            "raft_last_log": raft["last_log"],
             "applied_index": self.applier.applied_seq,
             "raft_applied_index": raft["applied_index"],
             "executing": self._executing,
@@ -261,22 +280,33 @@ class ReplicaKernel(IPythonKernel):
             "last_yielded_request": self._yielded_to,
             "diverged": self.diverged,
             "apply_errors": list(self.applier.errors[-5:]),
+            "missing_values": sorted(self.tracker.missing),
+            "store_garbage": len(self.cell_log.garbage()),
         }
 
     async def notebookos_status_request(self, stream, ident, parent):
         self.session.send(stream, protocol.STATUS_REPLY, self.replica_status(), parent, ident=ident)
 
     async def notebookos_membership_request(self, stream, ident, parent):
+        # ipykernel handles control messages one at a time, and a membership change waits for a Raft commit
+        # (seconds, while a leader is elected): answer it from a task so status requests are not held behind it.
+        task = asyncio.ensure_future(self._membership_change(stream, ident, parent))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _membership_change(self, stream, ident, parent):
         content = parent["content"]
         try:
             if content["op"] == "add":
                 await self.raft.add_member(content["address"], content.get("timeout", self.commit_timeout))
             elif content["op"] == "remove":
                 await self.raft.remove_member(content["address"], content.get("timeout", self.commit_timeout))
+            elif content["op"] == "campaign":
+                self.raft.campaign()
             elif content["op"] == "transfer":
                 await self.raft.transfer_leadership(content["address"], content.get("timeout", 2.0))
             else:
-                raise ValueError(f"unknown membership op {content['op']!r}; expected 'add', 'remove' or 'transfer'")
+                raise ValueError(f"unknown membership op {content['op']!r}; expected 'add', 'remove', 'campaign' or 'transfer'")
             reply = {"status": "ok"}
         except Exception as exc:
             reply = {"status": "error", "ename": type(exc).__name__, "evalue": str(exc),

@@ -47,6 +47,10 @@ class NotebookOSFront(Application):
                         "kernel ends (see notebookos.kernel.scratch).").tag(config=True)
     remove_store = Bool(False, help="Remove store_dir when the kernel ends (set by the provisioner for the store "
                         "it chose; a store_dir you configure is kept).").tag(config=True)
+    collect_garbage = Bool(None, allow_none=True, help="Delete object-store blobs that no replicated name or Out "
+                           "refers to any more. Default: only when the kernel owns its store directory (one you "
+                           "configure may be shared by several kernels, which would delete each other's values)."
+                           ).tag(config=True)
     commit_timeout = Float(10.0, help="Seconds a cell's commit may wait for a Raft quorum.").tag(config=True)
     replace_lost_replicas = Bool(True, help="Start a replacement when a replica dies.").tag(config=True)
     send_yield = Bool(True, help="Send the non-executing replicas a 'yield' copy of each execute_request.").tag(
@@ -113,7 +117,9 @@ class NotebookOSFront(Application):
         supervisor = Supervisor(
             context, runtime_dir, internal_session, raft_secret=secrets.token_hex(32),
             replica_config={"store_dir": store_dir, "commit_timeout": self.commit_timeout,
-                            "compaction_entries": self.compaction_entries},
+                            "compaction_entries": self.compaction_entries,
+                            "collect_garbage": own_store is not None if self.collect_garbage is None
+                            else self.collect_garbage},
             host=self.raft_host,
         )
         supervisor.replace_lost = self.replace_lost_replicas

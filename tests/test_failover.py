@@ -115,6 +115,18 @@ def test_two_of_three_lost_refuses_to_commit(tmp_path):
         # The survivor's namespace was not touched by the refused cell.
         reply2 = kernel.control("notebookos_info_request")
         assert reply2["has_quorum"] is False
+        # With every replica gone, a client connecting now still gets a kernel_info_reply it can read, saying why.
+        kill_replica(kernel, keep)
+        kernel.wait_for(lambda: not live_ids(kernel), what="the last replica dead")
+        client = kernel.km.client()
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=30)
+            info = client.kernel_info(reply=True, timeout=30)["content"]
+        finally:
+            client.stop_channels()
+        assert info["status"] == "error" and info["ename"] == "NoReplica"
+        assert info["protocol_version"] and "no replica" in info["banner"]
     finally:
         kernel.shutdown()
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from jupyter_client import protocol_version as jupyter_protocol_version
 from jupyter_client.session import Session
 
 from .. import protocol
@@ -165,6 +166,12 @@ class Relay:
                                         msg)
         if msg.msg_type == "execute_request":
             content.setdefault("execution_count", None)
+        if msg.msg_type == "kernel_info_request":
+            # Clients read these fields unconditionally (jupyter_client's wait_for_ready raises KeyError without
+            # protocol_version): give them, and the reason in the banner, so the user sees why, not a traceback.
+            content.update(protocol_version=jupyter_protocol_version, implementation="notebookos",
+                           implementation_version="", banner=f"{ename}: {evalue}",
+                           language_info={"name": "python"}, help_links=[])
         reply_type = msg.msg_type.replace("_request", "_reply")
         await self._send_client(channel, reply_type, content, msg, idents=msg.idents)
         await self._send_client("iopub", "status", {"execution_state": "idle"}, msg)

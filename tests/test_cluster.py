@@ -79,12 +79,18 @@ def _collect(kernel: Kernel, msg_id: str, timeout: float = 90) -> list[dict]:
     raise TimeoutError(f"cell {msg_id} did not finish")
 
 
-def test_kernels_share_two_gpus_and_a_third_waits(cluster):
+def test_kernels_share_two_gpus_and_a_third_waits(cluster, tmp_path):
+    # A notebook whose metadata asks for no GPU (as Lab's notebook metadata editor would save it).
+    notebook = tmp_path / "cpu-only.ipynb"
+    notebook.write_text(json.dumps({"cells": [], "metadata": {"notebookos": {"gpus": 0}}, "nbformat": 4,
+                                    "nbformat_minor": 5}))
     kernels: list[Kernel] = []
     try:
         for _ in range(3):
             kernels.append(Kernel())
         a, b, c = kernels
+        cpu_only = Kernel(env={"JPY_SESSION_NAME": str(notebook)})
+        kernels.append(cpu_only)
         for k in kernels:
             reply, outputs = k.execute("import time, notebookos.kernel\nprint(len(notebookos.kernel.replicas()))")
             assert reply["status"] == "ok", reply
@@ -93,6 +99,10 @@ def test_kernels_share_two_gpus_and_a_third_waits(cluster):
         first, second = a.client.execute(hold), b.client.execute(hold)
         time.sleep(1.5)  # both are running and hold the cluster's two GPUs
         third = c.client.execute("print('ran with', notebookos.kernel.gpus())")
+        # Needing no GPU, the notebook's cell runs at once while both GPUs are held.
+        reply, outputs = cpu_only.execute("import notebookos.kernel\nprint(notebookos.kernel.gpus())")
+        assert reply["status"] == "ok" and stream_text(outputs) == "[]\n", outputs
+        assert "waiting" not in stream_text(outputs, "stderr")
         outs = [_collect(a, first), _collect(b, second), _collect(c, third)]
         assert stream_text(outs[0], "stdout") == "[0]\n" and stream_text(outs[1], "stdout") == "[0]\n"
         assert "waiting for a GPU (position 1" in stream_text(outs[2], "stderr")

@@ -9,6 +9,7 @@ die with it. Options come from the kernelspec (``metadata.kernel_provisioner.con
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -40,12 +41,18 @@ class NotebookOSProvisioner(LocalProvisioner):
                                     "standalone last-executor policy).").tag(config=True)
     scheduler_url = Unicode(help="Cluster mode: the scheduler's URL (default $NOTEBOOKOS_SCHEDULER_URL, which "
                             "`notebookos up` sets); the token comes from $NOTEBOOKOS_SCHEDULER_TOKEN.").tag(config=True)
-    gpu_request = Int(1, help="Cluster mode: GPUs a cell of this kernel needs.").tag(config=True)
+    gpu_request = Int(1, help="Cluster mode: GPUs a cell of this kernel needs (a notebook's metadata "
+                      "`notebookos.gpus` overrides it).").tag(config=True)
+    cpu_request = Float(1.0, help="Cluster mode: CPUs each replica holds (notebook metadata `notebookos.cpus`).").tag(
+        config=True)
+    memory_request_mb = Int(2048, help="Cluster mode: memory each replica holds, MB (notebook metadata "
+                            "`notebookos.memory_mb`).").tag(config=True)
     send_yield = Bool(True, help="Send the replicas that do not run a cell a 'yield' copy of its request.").tag(
         config=True)
 
     _FRONT_OPTIONS = ("replicas", "commit_timeout", "store_dir", "collect_garbage", "raft_host", "replace_lost_replicas", "send_yield",
-                      "gpus", "executor_policy_class", "scheduler_url", "gpu_request")
+                      "gpus", "executor_policy_class", "scheduler_url", "gpu_request", "cpu_request",
+                      "memory_request_mb")
 
     def __init__(self, **kwargs: Any):
         known = set(self.class_trait_names()) | {"kernel_id", "kernel_spec", "parent", "config", "log"}
@@ -66,8 +73,21 @@ class NotebookOSProvisioner(LocalProvisioner):
         if not self.store_dir and self._store is None:
             # Chosen here, not in the front, so the store is removed even if the front is SIGKILLed (cleanup()).
             self._store = default_store_dir(self.kernel_id)
+        self._apply_notebook_request(kwargs.get("env") or {}, kwargs.get("cwd"))
         kwargs["cmd"] = list(kwargs["cmd"]) + self.front_arguments()
         return kwargs
+
+    def _apply_notebook_request(self, env: dict[str, str], cwd: str | None) -> None:
+        """Take the resource request from the notebook's metadata (``{"notebookos": {"gpus": 2}}``), if any.
+
+        Jupyter Server names the notebook a kernel is started for in ``JPY_SESSION_NAME``; kernels started any other
+        way (console, nbclient without it) keep the kernelspec's request.
+        """
+        notebook = notebook_path(env.get("JPY_SESSION_NAME", ""), cwd)
+        if notebook is None:
+            return
+        for trait, value in notebook_request(notebook).items():
+            setattr(self, trait, value)
 
     @default("scheduler_url")
     def _scheduler_url_default(self) -> str:
@@ -90,3 +110,45 @@ class NotebookOSProvisioner(LocalProvisioner):
         if self._store is not None:
             shutil.rmtree(self._store, ignore_errors=True)
             self._store = None
+
+
+# Notebook metadata key -> (provisioner trait, type). The notebook says what it needs, not how the kernel runs.
+NOTEBOOK_REQUEST_KEYS = {"gpus": ("gpu_request", int), "cpus": ("cpu_request", float),
+                         "memory_mb": ("memory_request_mb", int)}
+
+
+def notebook_path(session_name: str, cwd: str | None) -> Path | None:
+    """The notebook file a Jupyter Server session names (absolute, or relative to the kernel's directory)."""
+    if not session_name.endswith(".ipynb"):
+        return None
+    path = Path(session_name)
+    for candidate in ([path] if path.is_absolute() else [Path(cwd or ".") / path.name, Path(cwd or ".") / path]):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def notebook_request(path: Path) -> dict[str, Any]:
+    """Provisioner traits from ``metadata.notebookos`` of the notebook at ``path``; raises UnknownKernelOption."""
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8")).get("metadata") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}  # not a notebook we can read (yet): the kernelspec's request applies
+    request = metadata.get("notebookos")
+    if request is None:
+        return {}
+    where = f"the notebook metadata 'notebookos' of {path}"
+    if not isinstance(request, dict):
+        raise UnknownKernelOption(f"{where} must be an object like {{\"gpus\": 1}}, got {request!r}")
+    unknown = sorted(set(request) - set(NOTEBOOK_REQUEST_KEYS))
+    if unknown:
+        raise UnknownKernelOption(f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; known keys: "
+                                  f"{', '.join(NOTEBOOK_REQUEST_KEYS)}. Fix it in Lab's notebook metadata editor.")
+    traits = {}
+    for key, value in request.items():
+        trait, kind = NOTEBOOK_REQUEST_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or kind(value) != value:
+            raise UnknownKernelOption(f"{key!r} in {where} must be a non-negative "
+                                      f"{'integer' if kind is int else 'number'}, got {value!r}")
+        traits[trait] = kind(value)
+    return traits

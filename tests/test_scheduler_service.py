@@ -492,3 +492,33 @@ def test_scale_out_and_in(tmp_path):
         first.stop()
         scheduler.stop()
     assert not pids_with(str(tmp_path / "scaled"))
+
+
+def test_a_killed_host_daemon_is_dropped_and_a_forgotten_one_registers_again(tmp_path):
+    scheduler, url = start_scheduler(tmp_path, "--replicas-per-kernel", "1", "--host-timeout", "1",
+                                     "--check-interval", "0.2")
+    beat = ("--heartbeat-interval", "0.2")
+    hosts = {h: start_hostd(tmp_path, url, h, 1, *beat) for h in ("d1", "d2")}
+    silent = None
+    try:
+        wait_hosts(url, {"d1", "d2"})
+        placed = ok("POST", f"{url}/api/kernels", {"kernel_id": "k", "request": {"gpus": 1}}, 201)
+        victim = placed["replicas"][0]["host_id"]
+        silent = start_hostd(tmp_path, url, "quiet", 1, "--heartbeat-interval", "0")  # declares no heartbeats
+        wait_hosts(url, {"d1", "d2", "quiet"})
+        # SIGKILL: no deregistration. The host (and its replica's record) go once its heartbeats stop.
+        hosts[victim].stop(signal.SIGKILL)
+        survivor = next(h for h in hosts if h != victim)
+        wait_hosts(url, {survivor, "quiet"}, timeout=20)
+        assert ok("GET", f"{url}/api/kernels/k")["replicas"] == []
+        status = gpus_never_negative(url)
+        assert status["gpus"]["online"] == 2
+        assert "sent no heartbeat" in scheduler.output()
+        # A daemon the scheduler no longer knows (here: deregistered behind its back) registers again.
+        ok("DELETE", f"{url}/api/hosts/{survivor}")
+        wait_hosts(url, {survivor, "quiet"}, timeout=20)
+        assert "registering again" in hosts[survivor].output()
+    finally:
+        for p in [*hosts.values(), *([silent] if silent else [])]:
+            p.stop()
+        scheduler.stop()

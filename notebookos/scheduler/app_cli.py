@@ -28,7 +28,7 @@ SCHEDULER_OPTIONS = {
     "oversubscription": "oversubscription_ratio", "max_hosts": "max_hosts", "min_hosts": "min_hosts",
     "host_gpus": "host_gpus", "host_provider": "host_provider", "host_idle_limit": "host_idle_limit",
     "session_idle_limit": "session_idle_limit", "prewarm_pool_size": "prewarm_pool_size",
-    "check_interval": "check_interval", "log_level": "log_level",
+    "check_interval": "check_interval", "host_timeout": "host_timeout", "log_level": "log_level",
 }
 
 #: argparse dest -> HostDaemon trait
@@ -36,6 +36,7 @@ HOSTD_OPTIONS = {
     "scheduler_url": "scheduler_url", "token": "token", "host_id": "host_id", "ip": "ip", "port": "port",
     "public_url": "public_url", "virtual_gpus": "virtual_gpus", "use_nvml": "use_nvml",
     "runtime_dir": "runtime_dir", "stop_grace": "stop_grace", "info_file": "info_file", "log_level": "log_level",
+    "heartbeat_interval": "heartbeat_interval",
 }
 
 
@@ -64,6 +65,8 @@ def scheduler_arguments(p: argparse.ArgumentParser) -> None:
                    "(default 0: never)")
     p.add_argument("--prewarm-pool-size", type=int, help="accepted, not implemented yet")
     p.add_argument("--check-interval", type=float, help="seconds between housekeeping passes (default 5)")
+    p.add_argument("--host-timeout", type=float, help="seconds without a heartbeat before a host daemon is taken for "
+                   "dead and dropped with its replicas (default 30; 0: never)")
     _common(p)
 
 
@@ -80,6 +83,8 @@ def hostd_arguments(p: argparse.ArgumentParser) -> None:
                    help="report virtual GPUs even where NVML finds real ones")
     p.add_argument("--runtime-dir", help="directory for replica files and logs (default: a temporary one)")
     p.add_argument("--stop-grace", type=float, help="seconds between SIGTERM and SIGKILL for a replica (default 3)")
+    p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats to the scheduler "
+                   "(default 5; 0: none, the scheduler then never times this host out)")
     p.add_argument("--info-file", help="write {url, host_id, pid} to FILE (mode 0600) once listening")
     _common(p)
 

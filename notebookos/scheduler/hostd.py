@@ -18,7 +18,8 @@ REST API (every request needs ``Authorization: token TOKEN``, else 403; errors a
 ``DELETE /api/replicas/{kernel_id}/{replica_id}`` -> ``{"kernel_id", "replica_id", "pid", "exit_code"}``:
     SIGTERM, then SIGKILL after ``stop_grace`` seconds.
 
-On start it registers with the scheduler (``POST /api/hosts``), retrying until the scheduler answers; on SIGINT or
+On start it registers with the scheduler (``POST /api/hosts``), retrying until the scheduler answers, then sends a
+heartbeat every ``heartbeat_interval`` seconds (registering again if the scheduler answers 404); on SIGINT or
 SIGTERM it deregisters, stops every replica it launched, and exits.
 """
 
@@ -115,6 +116,9 @@ class HostDaemon(Application):
                           "(default: a new temporary directory, removed on exit).").tag(config=True)
     stop_grace = Float(3.0, help="Seconds a replica gets after SIGTERM before SIGKILL.").tag(config=True)
     register_timeout = Float(60.0, help="Seconds to keep retrying registration before giving up.").tag(config=True)
+    heartbeat_interval = Float(5.0, help="Seconds between heartbeats to the scheduler, which takes a host silent for "
+                               "three of them (and at least its host_timeout) for dead. 0: no heartbeats, and the "
+                               "scheduler never times this host out.").tag(config=True)
     python = Unicode(sys.executable, help="Python interpreter that runs replicas.").tag(config=True)
     replica_log_level = Unicode("WARN", help="IPKernelApp.log_level of the replicas.").tag(config=True)
     info_file = Unicode("", help="Write {url, host_id, pid} here (mode 0600) once listening.").tag(config=True)
@@ -137,6 +141,7 @@ class HostDaemon(Application):
         self._server: HTTPServer | None = None
         self._own_runtime_dir = False
         self._reaper: asyncio.Task | None = None
+        self._heartbeats: asyncio.Future | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     async def listen(self) -> str:
@@ -172,7 +177,8 @@ class HostDaemon(Application):
 
     def registration(self) -> dict[str, Any]:
         return {"id": self.host_id, "url": self.url, "gpus": len(self.gpus), "cpus": cpu_count(),
-                "memory_mb": memory_mb(), "devices": [g.to_dict() for g in self.gpus]}
+                "memory_mb": memory_mb(), "devices": [g.to_dict() for g in self.gpus],
+                "heartbeat_s": self.heartbeat_interval}
 
     async def register(self) -> None:
         """Register with the scheduler, retrying while it cannot be reached (it may still be starting)."""
@@ -193,6 +199,27 @@ class HostDaemon(Application):
         self.registered = True
         self.log.info("registered with the scheduler at %s as %s", self.scheduler_url, self.host_id)
 
+    async def heartbeat_loop(self) -> None:
+        """Tell the scheduler this host is alive; register again if it has forgotten us (it restarted, or took us
+        for dead while we were unreachable)."""
+        from .client import SchedulerClient, SchedulerError
+
+        client = SchedulerClient(self.scheduler_url, self.token, timeout=max(self.heartbeat_interval, 1.0))
+        path = f"/api/hosts/{quote(self.host_id, safe='')}/heartbeat"
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await client.request("POST", path, {})
+            except SchedulerError as exc:
+                if exc.status == 404 and not self.shutting_down:
+                    self.log.warning("the scheduler no longer knows this host: registering again")
+                    try:
+                        await self.register()
+                    except RuntimeError as err:
+                        self.log.warning("%s", err)
+                else:
+                    self.log.warning("heartbeat to the scheduler failed: %s", exc)
+
     async def deregister(self) -> None:
         if not self.registered:
             return
@@ -209,6 +236,8 @@ class HostDaemon(Application):
 
     async def stop(self) -> None:
         self.shutting_down = True
+        if self._heartbeats:
+            self._heartbeats.cancel()
         if self._server:
             self._server.stop()
         await self.deregister()
@@ -236,6 +265,8 @@ class HostDaemon(Application):
                                              return_when=asyncio.FIRST_COMPLETED)
                 if registering in done:
                     registering.result()
+                    if self.heartbeat_interval > 0:
+                        self._heartbeats = asyncio.ensure_future(self.heartbeat_loop())
                 else:
                     registering.cancel()
             await stop.wait()

@@ -10,9 +10,11 @@ and answers are JSON; an error is ``{"error": "what was wrong"}`` with a 4xx/5xx
 
 Endpoints (``{id}`` path parts are URL-encoded ids):
 
-``POST /api/hosts``  ``{id, gpus, cpus, memory_mb, url, devices?}`` -> 201 host view. ``gpus`` is a count (or the
-    list of GPU dicts, then ``devices`` is taken from it). Registering an id again with the same ``url`` (a host
-    daemon that restarted) replaces the old record, whose replicas are dropped as lost; another ``url`` -> 409.
+``POST /api/hosts``  ``{id, gpus, cpus, memory_mb, url, devices?, heartbeat_s?}`` -> 201 host view. ``gpus`` is a
+    count (or the list of GPU dicts, then ``devices`` is taken from it). Registering an id again with the same
+    ``url`` (a host daemon that restarted) replaces the old record, whose replicas are dropped as lost; another
+    ``url`` -> 409. A host that declares ``heartbeat_s`` must then send heartbeats, or is dropped (liveness.py).
+``POST /api/hosts/{id}/heartbeat`` -> ``{"host_id"}``; 404 when the scheduler does not know the host (register again).
 ``GET /api/hosts`` -> ``{"hosts": [host view...]}``;  ``GET /api/hosts/{id}`` -> host view.
 ``DELETE /api/hosts/{id}`` -> ``{"host_id", "lost_replicas": [{"kernel_id", "replica_id"}]}``: a host leaving
     takes its replicas with it (its daemon stops them), so their records are removed (a cell running on one is
@@ -74,6 +76,7 @@ from .http import (  # noqa: F401 - the env names and write_private_json are par
     req_str,
     write_private_json,
 )
+from .liveness import HostLiveness
 from .policy import Migrate, Queue, Run, ScaleOut, SchedulerPolicy, load_policy
 
 # ------------------------------------------------------------------------------------------------- service
@@ -148,6 +151,9 @@ class SchedulerService(Application):
                                   "its replica processes.").tag(config=True)
     prewarm_pool_size = Int(0, help="Replicas to keep started ahead of demand per host. Accepted and reported "
                             "in /api/status, but NOT implemented yet: no replica is prewarmed.").tag(config=True)
+    host_timeout = Float(30.0, help="Seconds a host daemon that sends heartbeats may go silent (at least three of "
+                         "its heartbeat intervals) before it is taken for dead and dropped with its replicas "
+                         "(0: never).").tag(config=True)
     check_interval = Float(5.0, help="Seconds between housekeeping passes (idle hosts, idle sessions)."
                            ).tag(config=True)
     scale_out_timeout = Float(120.0, help="Seconds a new host may take to register before scale-out fails."
@@ -173,6 +179,7 @@ class SchedulerService(Application):
         self.host_urls: dict[str, str] = {}
         self.host_devices: dict[str, list[dict]] = {}
         self.managed_hosts: set[str] = set()
+        self.liveness = HostLiveness()
         #: kernels told to wait, in order of their first wait
         self.waiting: OrderedDict[str, float] = OrderedDict()
         self.reclaimed: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -207,6 +214,7 @@ class SchedulerService(Application):
         return web.Application([
             (r"/api/hosts", HostsHandler, a),
             (r"/api/hosts/([^/]+)", HostHandler, a),
+            (r"/api/hosts/([^/]+)/heartbeat", HostHeartbeatHandler, a),
             (r"/api/kernels", KernelsHandler, a),
             (r"/api/kernels/([^/]+)", KernelHandler, a),
             (r"/api/kernels/([^/]+)/execute", ExecuteHandler, a),
@@ -385,6 +393,7 @@ class SchedulerService(Application):
             raise APIError(400, "field 'devices' must be a list of GPU objects")
         cpus = req_num(body, "cpus", required=False, default=float(os.cpu_count() or 1))
         memory_mb = req_int(body, "memory_mb", required=False, default=0)
+        heartbeat_s = req_num(body, "heartbeat_s", required=False, default=0.0)
         lost: list[dict[str, Any]] = []
         if host_id in self.cluster.hosts:
             if self.host_urls.get(host_id) != url.rstrip("/"):
@@ -396,6 +405,7 @@ class SchedulerService(Application):
                                    idle_since=now))
         self.host_urls[host_id] = url.rstrip("/")
         self.host_devices[host_id] = devices or []
+        self.liveness.registered(host_id, heartbeat_s, now)
         self.refresh_policy([host_id])
         self.log.info("host %s registered: %d GPU(s), %g CPUs, %d MiB, %s", host_id, gpus, cpus, memory_mb, url)
         self.notify()
@@ -415,10 +425,27 @@ class SchedulerService(Application):
         self.host_urls.pop(host_id, None)
         self.host_devices.pop(host_id, None)
         self.managed_hosts.discard(host_id)
+        self.liveness.forget(host_id)
         self.refresh_policy([host_id])
         if lost:
             self.log.warning("host %s left with %d replica(s): %s", host_id, len(lost), lost)
         return [{"kernel_id": k, "replica_id": r} for k, r in lost]
+
+    def host_heartbeat(self, host_id: str) -> dict[str, Any]:
+        self.host(host_id)  # 404 tells a daemon the scheduler has forgotten it: it registers again
+        self.liveness.heartbeat(host_id, self.now())
+        return {"host_id": host_id}
+
+    def drop_silent_hosts(self) -> None:
+        """Drop hosts whose daemon stopped sending heartbeats (killed, or its machine is gone)."""
+        for host_id, silent_s in self.liveness.silent(self.now(), self.host_timeout):
+            managed = host_id in self.managed_hosts
+            lost = self._drop_host(host_id)
+            self.log.warning("host %s sent no heartbeat for %.1f s: taken for dead, dropped with %d replica(s)",
+                             host_id, silent_s, len(lost))
+            if managed:  # let the provider clean up what is left of it (a local provider reaps the process)
+                self.spawn(self._remove_host(host_id))
+            self.notify()
 
     def deregister_host(self, host_id: str) -> dict[str, Any]:
         self.host(host_id)
@@ -680,6 +707,7 @@ class SchedulerService(Application):
                 self.log.exception("housekeeping pass failed")
 
     async def housekeeping(self) -> None:
+        self.drop_silent_hosts()
         now = self.now()
         if self.session_idle_limit > 0:
             for record in list(self.cluster.kernels.values()):
@@ -699,6 +727,7 @@ class SchedulerService(Application):
                 self.host_urls.pop(host_id, None)
                 self.host_devices.pop(host_id, None)
                 self.managed_hosts.discard(host_id)
+                self.liveness.forget(host_id)
                 self.refresh_policy([host_id])
                 self.log.info("scale-in: removing host %s (idle past %g s)", host_id, self.host_idle_limit)
                 self.spawn(self._remove_host(host_id))
@@ -759,6 +788,11 @@ class HostHandler(_SchedulerHandler):
 
     def delete(self, host_id: str) -> None:
         self.send_json(self.owner.deregister_host(host_id))
+
+
+class HostHeartbeatHandler(_SchedulerHandler):
+    def post(self, host_id: str) -> None:
+        self.send_json(self.owner.host_heartbeat(host_id))
 
 
 class KernelsHandler(_SchedulerHandler):

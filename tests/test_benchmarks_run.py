@@ -28,3 +28,8 @@ def test_kernel_benchmark_runs(tmp_path):
 def test_simulator_benchmark_runs(tmp_path):
     results = _run("bench_sim.py", tmp_path)
     assert results
+
+
+def test_cluster_start_benchmark_runs(tmp_path):
+    results = _run("bench_cluster_start.py", tmp_path)
+    assert len(results["runs"]["prewarmed"]) == results["kernels"] and results["cold_s"] > 0

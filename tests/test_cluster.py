@@ -17,13 +17,14 @@ import time
 import pytest
 
 from .conftest import Kernel, stream_text
+from .test_scheduler_service import api
 
 
-def _up(tmp_path_factory, hosts: int, replicas: int):
+def _up(tmp_path_factory, hosts: int, replicas: int, *extra: str):
     runtime = tmp_path_factory.mktemp("up")
     proc = subprocess.Popen([sys.executable, "-m", "notebookos", "up", "--no-lab", "--hosts", str(hosts),
                              "--gpus-per-host", "1", "--replicas-per-kernel", str(replicas),
-                             "--runtime-dir", str(runtime)],
+                             "--runtime-dir", str(runtime), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     info_file = runtime / "cluster.json"
     deadline = time.monotonic() + 90
@@ -59,7 +60,8 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def cluster3(tmp_path_factory):
-    yield from _up(tmp_path_factory, hosts=3, replicas=3)
+    # Replicas (and their replacements) come from the hosts' prewarm pools.
+    yield from _up(tmp_path_factory, 3, 3, "--prewarm", "1")
 
 
 def _collect(kernel: Kernel, msg_id: str, timeout: float = 90) -> list[dict]:
@@ -129,5 +131,11 @@ def test_a_killed_replica_is_replaced_through_its_host_daemon(cluster3):
             return rows if len(rows) == 3 and victim["id"] not in {r["id"] for r in rows} else None
 
         k.wait_for(replaced, timeout=60, what="a replacement started by the host daemon")
+        # The replicas were prewarmed processes, handed their kernel's Raft secret when they became replicas.
+        reply, outputs = k.execute("import os\nprint(bool(os.environ.get('NOTEBOOKOS_RAFT_SECRET')))")
+        assert stream_text(outputs) == "True\n", outputs
+        hosts = api("GET", f"{cluster3['url']}/api/hosts", token=cluster3["token"])[1]["hosts"]
+        pools = [api("GET", f"{h['url']}/api/replicas", token=cluster3["token"])[1]["prewarm"] for h in hosts]
+        assert sum(p["handed_out"] for p in pools) >= 3, pools
     finally:
         k.shutdown()

@@ -67,7 +67,7 @@ def test_gpus_and_bad_input(hostd, tmp_path):
     assert "'hash_seed'" in bad({**body, "hash_seed": -1})
     code, answer = api("DELETE", f"{url}/api/replicas/k1/7")
     assert code == 404 and "no replica 7" in answer["error"]
-    assert ok("GET", f"{url}/api/replicas") == {"replicas": []}
+    assert ok("GET", f"{url}/api/replicas")["replicas"] == []
 
 
 def test_launch_and_stop_replica(hostd, tmp_path):
@@ -105,7 +105,49 @@ def test_launch_and_stop_replica(hostd, tmp_path):
     assert stopped["pid"] == pid and stopped["exit_code"] is not None
     assert not pid_alive(pid) and not Path(f"/proc/{pid}").exists()  # reaped, not a zombie
     assert not conn_file.exists()
-    assert ok("GET", f"{url}/api/replicas") == {"replicas": []}
+    assert ok("GET", f"{url}/api/replicas")["replicas"] == []
+
+
+def test_prewarmed_processes_become_replicas(tmp_path):
+    info = tmp_path / "hostd.json"
+    proc = Proc(["-m", "notebookos.scheduler.hostd", "--virtual-gpus", "1", "--no-nvml", "--host-id", "warm",
+                 "--prewarm", "2", "--info-file", str(info), "--runtime-dir", str(tmp_path / "run")],
+                tmp_path / "hostd.log")
+    try:
+        wait_for(lambda: info.exists() or proc.popen.poll() is not None, 20, "the host daemon")
+        url = json.loads(info.read_text())["url"]
+        pool = wait_for(lambda: (p := ok("GET", f"{url}/api/replicas")["prewarm"])["waiting"] == 2 and p, 20,
+                        "two prewarmed processes")
+        waiting = set(pool["pids"])
+        seed = int(Path(f"/proc/{min(waiting)}/environ").read_bytes().split(b"PYTHONHASHSEED=")[1].split(b"\0")[0])
+
+        # A request with the pool's seed gets a waiting process, which becomes a working replica.
+        body = {**replica_body(tmp_path, "kw"), "hash_seed": seed}
+        pid = ok("POST", f"{url}/api/replicas", body, 201)["pid"]
+        assert pid in waiting
+        client = BlockingKernelClient()
+        client.load_connection_info(body["connection"])
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=30)
+            assert client.kernel_info(reply=True, timeout=10)["content"]["status"] == "ok"
+        finally:
+            client.stop_channels()
+        assert "notebookos.kernel.replica" not in Path(f"/proc/{pid}/cmdline").read_text()  # not a fresh start
+        assert (tmp_path / "run" / "kernel-kw" / "replica-1.log").exists()
+        # The pool refills; a request with another seed cannot use it and gets a fresh process.
+        pool = wait_for(lambda: (p := ok("GET", f"{url}/api/replicas")["prewarm"])["waiting"] == 2 and p, 20,
+                        "the pool to refill")
+        assert pool["handed_out"] == 1 and pid not in pool["pids"]
+        other = ok("POST", f"{url}/api/replicas", {**replica_body(tmp_path, "kx"), "hash_seed": seed + 1}, 201)
+        assert other["pid"] not in set(pool["pids"]) | waiting
+        ok("DELETE", f"{url}/api/replicas/kw/1")
+        ok("DELETE", f"{url}/api/replicas/kx/1")
+        everything = [pid, *pool["pids"]]
+        assert proc.stop(signal.SIGTERM) == 0, proc.output()
+        assert not any(pid_alive(p) for p in everything)  # waiting processes go with the daemon
+    finally:
+        proc.stop()
 
 
 def test_shutdown_stops_replicas_and_deregisters(tmp_path):

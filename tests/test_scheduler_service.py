@@ -451,7 +451,7 @@ def test_migration_and_session_reclaim(tmp_path):
         assert {"b"} <= {r["kernel_id"] for r in status["reclaimed"]}
         assert "a" not in {r["kernel_id"] for r in status["reclaimed"]}  # a runs a cell
         assert api("GET", f"{url}/api/kernels/c")[0] == 200
-        assert status["prewarm_pool"] == {"size": 0, "implemented": False}
+        assert status["prewarm_pool"] == {"size_per_host": 0}
     finally:
         for p in hosts:
             p.stop()

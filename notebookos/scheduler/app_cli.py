@@ -36,7 +36,7 @@ HOSTD_OPTIONS = {
     "scheduler_url": "scheduler_url", "token": "token", "host_id": "host_id", "ip": "ip", "port": "port",
     "public_url": "public_url", "virtual_gpus": "virtual_gpus", "use_nvml": "use_nvml",
     "runtime_dir": "runtime_dir", "stop_grace": "stop_grace", "info_file": "info_file", "log_level": "log_level",
-    "heartbeat_interval": "heartbeat_interval",
+    "heartbeat_interval": "heartbeat_interval", "prewarm": "prewarm",
 }
 
 
@@ -63,7 +63,8 @@ def scheduler_arguments(p: argparse.ArgumentParser) -> None:
                    "(default 600; 0: never)")
     p.add_argument("--session-idle-limit", type=float, help="seconds before an idle kernel is reclaimed "
                    "(default 0: never)")
-    p.add_argument("--prewarm-pool-size", type=int, help="accepted, not implemented yet")
+    p.add_argument("--prewarm-pool-size", type=int, help="replica processes each host keeps started ahead of "
+                   "demand, unless the host sets --prewarm (default 0)")
     p.add_argument("--check-interval", type=float, help="seconds between housekeeping passes (default 5)")
     p.add_argument("--host-timeout", type=float, help="seconds without a heartbeat before a host daemon is taken for "
                    "dead and dropped with its replicas (default 30; 0: never)")
@@ -83,6 +84,8 @@ def hostd_arguments(p: argparse.ArgumentParser) -> None:
                    help="report virtual GPUs even where NVML finds real ones")
     p.add_argument("--runtime-dir", help="directory for replica files and logs (default: a temporary one)")
     p.add_argument("--stop-grace", type=float, help="seconds between SIGTERM and SIGKILL for a replica (default 3)")
+    p.add_argument("--prewarm", type=int, help="replica processes to keep started ahead of demand (default: the "
+                   "scheduler's --prewarm-pool-size, else 0)")
     p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats to the scheduler "
                    "(default 5; 0: none, the scheduler then never times this host out)")
     p.add_argument("--info-file", help="write {url, host_id, pid} to FILE (mode 0600) once listening")
@@ -92,6 +95,8 @@ def hostd_arguments(p: argparse.ArgumentParser) -> None:
 def up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="notebookos", help="scheduling policy (default notebookos)")
     p.add_argument("--hosts", type=int, default=4, help="host daemons to start (default 4)")
+    p.add_argument("--prewarm", type=int, default=0, help="replica processes each host keeps started ahead of "
+                   "demand, so new kernels and replacements start sooner (default 0)")
     p.add_argument("--gpus-per-host", type=int, default=8, help="virtual GPUs per host (default 8)")
     p.add_argument("--max-hosts", type=int, help="let the scheduler add local hosts up to this many "
                    "(default: --hosts, no scale-out)")

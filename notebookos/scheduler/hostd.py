@@ -51,6 +51,7 @@ from ..kernel.front.launchers import replica_command
 from ..parentdeath import kill_with_parent
 from .gpus import GPUInfo, discover_gpus
 from .http import SCHEDULER_TOKEN_ENV, APIError, JSONHandler, NotFoundHandler, req_dict, req_int, req_str
+from .prewarm_pool import PrewarmPool, pool_env
 
 RAFT_SECRET_ENV = "NOTEBOOKOS_RAFT_SECRET"  # notebookos.kernel.protocol.RAFT_SECRET_ENV
 KERNEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -116,6 +117,11 @@ class HostDaemon(Application):
                           "(default: a new temporary directory, removed on exit).").tag(config=True)
     stop_grace = Float(3.0, help="Seconds a replica gets after SIGTERM before SIGKILL.").tag(config=True)
     register_timeout = Float(60.0, help="Seconds to keep retrying registration before giving up.").tag(config=True)
+    prewarm = Int(None, allow_none=True, help="Replica processes to keep started ahead of demand, interpreter "
+                  "and imports done, so a kernel's replica starts sooner (default: the scheduler's "
+                  "prewarm_pool_size, else 0).").tag(config=True)
+    prewarm_refill_delay = Float(2.0, help="Seconds after handing out a prewarmed process before starting its "
+                                 "replacement, so that it does not slow the kernel that is starting.").tag(config=True)
     heartbeat_interval = Float(5.0, help="Seconds between heartbeats to the scheduler, which takes a host silent for "
                                "three of them (and at least its host_timeout) for dead. 0: no heartbeats, and the "
                                "scheduler never times this host out.").tag(config=True)
@@ -142,6 +148,9 @@ class HostDaemon(Application):
         self._own_runtime_dir = False
         self._reaper: asyncio.Task | None = None
         self._heartbeats: asyncio.Future | None = None
+        self.pool: PrewarmPool | None = None
+        # Replaced by the cluster's seed when the scheduler gives one; prewarmed processes are started with it.
+        self.hash_seed = str(int.from_bytes(os.urandom(4), "little"))
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     async def listen(self) -> str:
@@ -189,7 +198,7 @@ class HostDaemon(Application):
         delay = 0.05
         while True:
             try:
-                await client.request("POST", "/api/hosts", self.registration())
+                answer = await client.request("POST", "/api/hosts", self.registration()) or {}
                 break
             except SchedulerError as exc:
                 if exc.status != 599 or time.monotonic() > deadline:
@@ -198,6 +207,23 @@ class HostDaemon(Application):
             delay = min(delay * 2, 1.0)
         self.registered = True
         self.log.info("registered with the scheduler at %s as %s", self.scheduler_url, self.host_id)
+        if answer.get("hash_seed") is not None:
+            self.hash_seed = str(answer["hash_seed"])
+        self.start_pool(self.prewarm if self.prewarm is not None else int(answer.get("prewarm_pool_size") or 0))
+
+    def start_pool(self, size: int) -> None:
+        """(Re)start the prewarm pool with ``size`` processes and the current hash seed."""
+        if self.pool is not None:
+            if self.pool.size == size and self.pool.hash_seed == self.hash_seed:
+                return
+            self.pool.stop()
+        self.pool = None
+        if size > 0 and not self.shutting_down:
+            env = pool_env(os.environ, self.hash_seed, drop=(SCHEDULER_TOKEN_ENV,))
+            self.pool = PrewarmPool(size, env, Path(self.runtime_dir) / "prewarm.log", self.python,
+                                    refill_delay=self.prewarm_refill_delay)
+            self.pool.fill()
+            self.log.info("prewarm pool: %d replica process(es) kept ready", size)
 
     async def heartbeat_loop(self) -> None:
         """Tell the scheduler this host is alive; register again if it has forgotten us (it restarted, or took us
@@ -238,6 +264,9 @@ class HostDaemon(Application):
         self.shutting_down = True
         if self._heartbeats:
             self._heartbeats.cancel()
+        if self.pool is not None:
+            self.pool.stop(self.stop_grace)
+            self.pool = None
         if self._server:
             self._server.stop()
         await self.deregister()
@@ -269,6 +298,8 @@ class HostDaemon(Application):
                         self._heartbeats = asyncio.ensure_future(self.heartbeat_loop())
                 else:
                     registering.cancel()
+            else:
+                self.start_pool(self.prewarm or 0)
             await stop.wait()
             self.log.info("shutting down")
         finally:
@@ -285,6 +316,9 @@ class HostDaemon(Application):
                 if r.process.returncode is None and r.process.poll() is not None:
                     self.log.warning("replica %s/%d (pid %d) exited with %s", r.kernel_id, r.replica_id,
                                      r.process.pid, r.process.returncode)
+            if self.pool is not None:
+                self.pool.reap()
+                self.pool.fill()
 
     # -- replicas -----------------------------------------------------------------------------------------------
     def launch(self, body: dict[str, Any]) -> LaunchedReplica:
@@ -335,13 +369,19 @@ class HostDaemon(Application):
             env["PYTHONHASHSEED"] = str(hash_seed)
         cmd = replica_command(conn_file, config_file, self.python, self.replica_log_level)
         workdir = cwd if cwd and os.path.isdir(cwd) else os.getcwd()
-        with open(log_path, "ab") as log_file:
-            # Popen on the event loop's thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
-            process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                       preexec_fn=kill_with_parent, cwd=workdir)
+        process = None
+        if self.pool is not None:
+            process = self.pool.take(None if hash_seed is None else str(hash_seed), {
+                "argv": cmd[3:], "env": {RAFT_SECRET_ENV: raft_secret}, "cwd": workdir, "log": str(log_path)})
+        if process is None:
+            with open(log_path, "ab") as log_file:
+                # Popen on the event loop's thread: PR_SET_PDEATHSIG fires when the *thread* that forked exits.
+                process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                           preexec_fn=kill_with_parent, cwd=workdir)
         replica = LaunchedReplica(kernel_id, replica_id, process, directory, log_path)
         self.replicas[key] = replica
-        self.log.info("started replica %s/%d (pid %d)", kernel_id, replica_id, process.pid)
+        self.log.info("started replica %s/%d (pid %d%s)", kernel_id, replica_id, process.pid,
+                      ", prewarmed" if process.args[-1] == "notebookos.kernel.prewarm" else "")
         return replica
 
     async def stop_replica(self, replica: LaunchedReplica) -> int | None:
@@ -402,7 +442,9 @@ class GPUsHandler(_HostHandler):
 
 class ReplicasHandler(_HostHandler):
     def get(self) -> None:
-        self.send_json({"replicas": [r.view() for r in self.owner.replicas.values()]})
+        pool = self.owner.pool
+        self.send_json({"replicas": [r.view() for r in self.owner.replicas.values()],
+                        "prewarm": pool.view() if pool is not None else {"size": 0, "waiting": 0}})
 
     def post(self) -> None:
         replica = self.owner.launch(self.json_body())

@@ -10,7 +10,8 @@ and answers are JSON; an error is ``{"error": "what was wrong"}`` with a 4xx/5xx
 
 Endpoints (``{id}`` path parts are URL-encoded ids):
 
-``POST /api/hosts``  ``{id, gpus, cpus, memory_mb, url, devices?, heartbeat_s?}`` -> 201 host view. ``gpus`` is a
+``POST /api/hosts``  ``{id, gpus, cpus, memory_mb, url, devices?, heartbeat_s?}`` -> 201 host view plus the
+    cluster's ``hash_seed`` and ``prewarm_pool_size`` (see hostd's ``prewarm``). ``gpus`` is a
     count (or the list of GPU dicts, then ``devices`` is taken from it). Registering an id again with the same
     ``url`` (a host daemon that restarted) replaces the old record, whose replicas are dropped as lost; another
     ``url`` -> 409. A host that declares ``heartbeat_s`` must then send heartbeats, or is dropped (liveness.py).
@@ -20,7 +21,8 @@ Endpoints (``{id}`` path parts are URL-encoded ids):
     takes its replicas with it (its daemon stops them), so their records are removed (a cell running on one is
     released).
 ``POST /api/kernels`` ``{kernel_id, request: {gpus, cpus, memory_mb}}`` -> 201
-    ``{"kernel_id", "replicas": [{"replica_id", "host_id", "host_url"}]}``. When the policy finds no room it
+    ``{"kernel_id", "replicas": [{"replica_id", "host_id", "host_url"}], "hash_seed"}`` (launch the replicas with
+    that PYTHONHASHSEED: the cluster's, which host daemons' prewarmed processes have). When the policy finds no room it
     scales out through the host provider and tries again; when the cluster is at ``max_hosts`` -> 503.
 ``POST /api/kernels/{id}/execute`` ``{wait?: seconds}`` -> one of
     ``{"action": "run", "replica_id", "host_id", "host_url", "devices": [int], "device_uuids": [str]}``
@@ -149,8 +151,12 @@ class SchedulerService(Application):
                                ).tag(config=True)
     reclaim_stops_replicas = Bool(True, help="When reclaiming an idle kernel, ask its hosts' daemons to stop "
                                   "its replica processes.").tag(config=True)
-    prewarm_pool_size = Int(0, help="Replicas to keep started ahead of demand per host. Accepted and reported "
-                            "in /api/status, but NOT implemented yet: no replica is prewarmed.").tag(config=True)
+    prewarm_pool_size = Int(0, help="Replica processes each host daemon keeps started ahead of demand (interpreter "
+                            "and imports done), unless the daemon sets its own --prewarm. Told to hosts when they "
+                            "register.").tag(config=True)
+    hash_seed = Unicode(help="PYTHONHASHSEED of every replica in the cluster (default: random at start). One seed "
+                        "lets daemons start replicas ahead of demand, and replicas of a kernel must share one.").tag(
+        config=True)
     host_timeout = Float(30.0, help="Seconds a host daemon that sends heartbeats may go silent (at least three of "
                          "its heartbeat intervals) before it is taken for dead and dropped with its replicas "
                          "(0: never).").tag(config=True)
@@ -170,6 +176,10 @@ class SchedulerService(Application):
     @default("token")
     def _token_default(self) -> str:
         return os.environ.get(SCHEDULER_TOKEN_ENV, "")
+
+    @default("hash_seed")
+    def _hash_seed_default(self) -> str:
+        return str(int.from_bytes(os.urandom(4), "little"))
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -241,9 +251,6 @@ class SchedulerService(Application):
         self._server = HTTPServer(self.web_app())
         self._server.add_sockets(sockets)
         self.provider = self.make_provider()
-        if self.prewarm_pool_size:
-            self.log.warning("prewarm_pool_size=%d is accepted but not implemented: replicas start on demand",
-                             self.prewarm_pool_size)
         if self.info_file:
             write_private_json(self.info_file, {"url": self.url, "token": self.token, "pid": os.getpid()})
         self._housekeeping = asyncio.ensure_future(self._housekeeping_loop())
@@ -410,6 +417,7 @@ class SchedulerService(Application):
         self.log.info("host %s registered: %d GPU(s), %g CPUs, %d MiB, %s", host_id, gpus, cpus, memory_mb, url)
         self.notify()
         view = self.host_view(self.cluster.hosts[host_id])
+        view.update(hash_seed=self.hash_seed, prewarm_pool_size=self.prewarm_pool_size)
         if lost:
             view["lost_replicas"] = lost
         return view
@@ -481,7 +489,7 @@ class SchedulerService(Application):
                 raise
         record = self.cluster.kernels[kernel_id]
         self.log.info("kernel %s placed on %s", kernel_id, ", ".join(r["host_id"] for r in added))
-        return {"kernel_id": kernel_id, "replicas": self.replica_views(record)}
+        return {"kernel_id": kernel_id, "replicas": self.replica_views(record), "hash_seed": self.hash_seed}
 
     async def top_up(self, kernel_id: str) -> dict[str, Any]:
         """Place the replicas a kernel is missing (after ``DELETE .../replicas/{id}`` reported one lost)."""
@@ -666,7 +674,7 @@ class SchedulerService(Application):
                       for i, (k, t) in enumerate(self.waiting.items())],
             "last_scale_out_error": self.last_scale_out_error[1] if self.last_scale_out_error else None,
             "reclaimed": [{"kernel_id": k, **v} for k, v in self.reclaimed.items()],
-            "prewarm_pool": {"size": self.prewarm_pool_size, "implemented": False},
+            "prewarm_pool": {"size_per_host": self.prewarm_pool_size},
         }
 
     # -- scaling ------------------------------------------------------------------------------------------------

@@ -178,6 +178,8 @@ def up(args: argparse.Namespace) -> int:
                "--host-gpus", str(args.gpus_per_host), f"--LocalHostProvider.runtime_dir={runtime / 'scaled'}"]
         if args.replicas_per_kernel is not None:
             cmd += ["--replicas-per-kernel", str(args.replicas_per_kernel)]
+        if args.prewarm:
+            cmd += ["--prewarm-pool-size", str(args.prewarm)]
         cluster.scheduler = Child("scheduler", cmd, runtime / "scheduler.log", env)
         info = _wait_for(cluster, lambda: info_file.exists() and json.loads(info_file.read_text()), 30.0,
                          "the scheduler to listen")

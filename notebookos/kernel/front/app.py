@@ -133,6 +133,9 @@ class NotebookOSFront(Application):
             placement = await scheduler.place(kernel_id, {"gpus": self.gpu_request, "cpus": self.cpu_request,
                                                           "memory_mb": self.memory_request_mb})
             placed = placement["replicas"]
+            if placement.get("hash_seed") is not None:
+                # One seed across the cluster lets host daemons hand out replicas they started ahead of demand.
+                supervisor.hash_seed = str(placement["hash_seed"])
             launcher = HostdLauncher(kernel_id, scheduler.token, {r["host_id"]: r["host_url"] for r in placed})
             supervisor.launcher = launcher
             policy: ExecutorPolicy = SchedulerExecutorPolicy(scheduler, kernel_id, launcher)

@@ -1,0 +1,113 @@
+"""A host daemon's pool of replica processes started ahead of demand (see ``notebookos/kernel/prewarm.py``).
+
+Each pooled process has its interpreter started and the replica's modules imported, and waits on its stdin for the
+one JSON line that tells it which replica to become. :meth:`PrewarmPool.take` hands one out; the pool is refilled
+``refill_delay`` seconds later, because a new process importing at once would compete for the cores with the
+replicas of the kernel that is starting (on our 2-core VM that ate the whole gain).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..parentdeath import kill_with_parent
+
+log = logging.getLogger(__name__)
+
+
+class PrewarmPool:
+    """Up to ``size`` waiting processes, all started with ``env`` (which fixes their ``PYTHONHASHSEED``)."""
+
+    def __init__(self, size: int, env: dict[str, str], log_path: Path, python: str = sys.executable,
+                 refill_delay: float = 2.0):
+        self.size = size
+        self.refill_delay = refill_delay
+        self._refill_after = 0.0
+        self.env = env
+        self.log_path = log_path
+        self.python = python
+        self.waiting: list[subprocess.Popen] = []
+        self.started = 0
+        self.handed_out = 0
+        self._failures: list[float] = []
+
+    @property
+    def hash_seed(self) -> str | None:
+        return self.env.get("PYTHONHASHSEED")
+
+    def fill(self) -> None:
+        """Start processes until ``size`` wait (call on the event loop's thread: PR_SET_PDEATHSIG is per thread)."""
+        self.waiting = [p for p in self.waiting if p.poll() is None]
+        if time.monotonic() < self._refill_after:
+            return
+        # Processes that die while waiting (a broken environment) must not make the daemon fork in a loop.
+        now = time.monotonic()
+        self._failures = [t for t in self._failures if now - t < 60]
+        if len(self._failures) >= 3:
+            return
+        with open(self.log_path, "ab") as out:
+            while len(self.waiting) < self.size:
+                process = subprocess.Popen([self.python, "-m", "notebookos.kernel.prewarm"], env=self.env,
+                                           stdin=subprocess.PIPE, stdout=out, stderr=out, preexec_fn=kill_with_parent)
+                self.waiting.append(process)
+                self.started += 1
+
+    def reap(self) -> None:
+        """Forget pooled processes that exited without being handed out (and count them as failures)."""
+        for process in [p for p in self.waiting if p.poll() is not None]:
+            self.waiting.remove(process)
+            self._failures.append(time.monotonic())
+            log.warning("a prewarmed process (pid %d) exited with %s while waiting; see %s", process.pid,
+                        process.returncode, self.log_path)
+
+    def take(self, hash_seed: str | None, order: dict[str, Any]) -> subprocess.Popen | None:
+        """A waiting process, now turned into the replica ``order`` describes; None if none fits."""
+        if hash_seed is not None and hash_seed != self.hash_seed:
+            return None
+        while self.waiting:
+            process = self.waiting.pop(0)
+            if process.poll() is not None:
+                continue
+            try:
+                process.stdin.write(json.dumps(order).encode() + b"\n")
+                process.stdin.close()
+            except OSError:  # it died just now
+                continue
+            self.handed_out += 1
+            self._refill_after = time.monotonic() + self.refill_delay
+            return process
+        return None
+
+    def stop(self, grace: float = 3.0) -> None:
+        for process in self.waiting:
+            try:
+                process.stdin.close()  # a waiting process exits when its stdin closes
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        for process in self.waiting:
+            try:
+                process.wait(max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.waiting = []
+
+    def view(self) -> dict[str, Any]:
+        return {"size": self.size, "waiting": len(self.waiting), "started": self.started,
+                "handed_out": self.handed_out, "pids": [p.pid for p in self.waiting]}
+
+
+def pool_env(base: dict[str, str], hash_seed: str, drop: tuple[str, ...]) -> dict[str, str]:
+    """The environment pooled processes start with: ``base`` minus ``drop``, with the pool's hash seed."""
+    env = {k: v for k, v in base.items() if k not in drop}
+    env["PYTHONHASHSEED"] = hash_seed
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    return env
+

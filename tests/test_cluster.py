@@ -139,3 +139,32 @@ def test_a_killed_replica_is_replaced_through_its_host_daemon(cluster3):
         assert sum(p["handed_out"] for p in pools) >= 3, pools
     finally:
         k.shutdown()
+
+
+@pytest.fixture
+def reservation_cluster(tmp_path_factory):
+    yield from _up(tmp_path_factory, 2, 1, "--policy", "reservation")
+
+
+def test_reservation_policy_live(reservation_cluster):
+    """Today's JupyterHub: one replica per kernel, its GPU held from placement to shutdown, idle or not."""
+    kernels: list[Kernel] = []
+    try:
+        for _ in range(2):
+            kernels.append(Kernel())
+        for k in kernels:
+            for _ in range(2):  # the same GPU for every cell, with the kernel idle in between
+                reply, outputs = k.execute("import notebookos.kernel\nprint(notebookos.kernel.gpus(), "
+                                           "len(notebookos.kernel.replicas()))")
+                assert reply["status"] == "ok" and stream_text(outputs) == "[0] 1\n", outputs
+        status = api("GET", f"{reservation_cluster['url']}/api/status", token=reservation_cluster["token"])[1]
+        assert status["gpus"]["committed"] == 2  # both reserved while no cell runs
+        # No GPU left to reserve: the third kernel stays up and says why on every request.
+        third = Kernel()
+        kernels.append(third)
+        reply, _ = third.execute("print('never runs')")
+        assert reply["status"] == "error" and reply["ename"] == "NoReplica"
+        assert "could not place this kernel" in reply["evalue"] and "restart this kernel" in reply["evalue"]
+    finally:
+        for k in kernels:
+            k.shutdown()

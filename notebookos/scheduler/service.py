@@ -568,7 +568,8 @@ class SchedulerService(Application):
 
     def decide(self, kernel_id: str) -> dict[str, Any]:
         record = self.kernel(kernel_id)
-        if record.running is not None:
+        # Under a reserving policy (reservation) the kernel holds its GPUs between cells: that is not a running cell.
+        if record.running is not None and not getattr(self.policy_obj, "reserves_at_placement", False):
             raise APIError(409, f"kernel {kernel_id!r} already runs a cell on replica {record.running[0]}; "
                            "POST .../finished when it ends")
         if not record.replicas:

@@ -24,7 +24,7 @@ from jupyter_client.session import Session
 from traitlets import Bool, Float, Int, Type, Unicode, validate
 from traitlets.config import Application
 
-from ...scheduler.client import SchedulerClient
+from ...scheduler.client import SchedulerClient, SchedulerError
 from ..scratch import default_store_dir
 from .cluster import HostdLauncher, SchedulerExecutorPolicy
 from .executor import ExecutorPolicy, LastExecutorPolicy
@@ -124,14 +124,22 @@ class NotebookOSFront(Application):
         )
         supervisor.replace_lost = self.replace_lost_replicas
         scheduler = None
+        unplaced: str | None = None
         hosts: list[str | None] | None = None
         ids: list[int] | None = None
         count = self.replicas
         if self.scheduler_url:
             scheduler = SchedulerClient(self.scheduler_url, os.environ.get("NOTEBOOKOS_SCHEDULER_TOKEN", ""))
             kernel_id = self.kernel_id or runtime_dir.name
-            placement = await scheduler.place(kernel_id, {"gpus": self.gpu_request, "cpus": self.cpu_request,
-                                                          "memory_mb": self.memory_request_mb})
+            try:
+                placement = await scheduler.place(kernel_id, {"gpus": self.gpu_request, "cpus": self.cpu_request,
+                                                              "memory_mb": self.memory_request_mb})
+            except SchedulerError as exc:
+                # Dying here would show the user only "the kernel died"; stay up and answer every request with why.
+                self.log.error("the scheduler could not place kernel %s: %s", kernel_id, exc)
+                unplaced = (f"the scheduler could not place this kernel ({exc.message}). Shut down kernels you no "
+                            "longer need or give the cluster more hosts, then restart this kernel.")
+                placement = {"replicas": []}
             placed = placement["replicas"]
             if placement.get("hash_seed") is not None:
                 # One seed across the cluster lets host daemons hand out replicas they started ahead of demand.
@@ -144,14 +152,17 @@ class NotebookOSFront(Application):
         else:
             policy = self._make_policy()
         relay = Relay(context, connection, client_session, supervisor, policy, self.send_yield)
+        relay.unavailable = unplaced
         relay.bind()
         supervisor.starting = True  # until start() below has launched the group: early requests wait for it
         _start_heartbeat(connection)
         relay.start()
         if scheduler is None:
             await supervisor.start(count, stagger=self.start_stagger, minority_delay=self.minority_start_delay)
-        else:  # replicas on different hosts do not compete for cores
+        elif count:  # replicas on different hosts do not compete for cores
             await supervisor.start(count, hosts=hosts, ids=ids)
+        else:
+            supervisor.starting = False
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, relay.shutdown.set)

@@ -90,6 +90,8 @@ class Relay:
         self.started: BoundedDict = BoundedDict()  # execute requests whose executor has published output
         self.committed_seq = 0
         self.dropped = 0
+        #: Why this kernel has no replicas at all (e.g. the scheduler found no room), told in every error reply.
+        self.unavailable: str | None = None
         self._next_transfer = 0.0
         self.wait_retry = 0.5  # seconds between asks while a cell waits for a GPU
         self._dispatch_lock = asyncio.Lock()
@@ -213,7 +215,8 @@ class Relay:
                 target = None
         target = target or await self.primary_when_started()
         if target is None:
-            await self._error_reply("shell", msg, "NoReplica", "no replica of this kernel is alive; restart the kernel")
+            await self._error_reply("shell", msg, "NoReplica", self.unavailable
+                                    or "no replica of this kernel is alive; restart the kernel")
             return
         if msg_type == "comm_open":
             self.comm_owner[msg.content.get("comm_id")] = target.id
@@ -249,6 +252,9 @@ class Relay:
     async def _dispatch(self, msg: WireMessage) -> None:
         sup = self.supervisor
         shown = None
+        if self.unavailable:
+            await self._error_reply("shell", msg, "NoReplica", self.unavailable)
+            return
         while True:
             if not sup.has_quorum():
                 await self._error_reply(
@@ -336,7 +342,8 @@ class Relay:
             if running and running[0] in self.supervisor.replicas:
                 target = self.supervisor.replicas[running[0]]
         if target is None:
-            await self._error_reply("control", msg, "NoReplica", "no replica of this kernel is alive")
+            await self._error_reply("control", msg, "NoReplica", self.unavailable
+                                    or "no replica of this kernel is alive")
             return
         await self._forward_request(target, "control", msg)
 

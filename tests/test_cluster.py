@@ -168,3 +168,30 @@ def test_reservation_policy_live(reservation_cluster):
     finally:
         for k in kernels:
             k.shutdown()
+
+
+@pytest.fixture
+def batch_cluster(tmp_path_factory):
+    yield from _up(tmp_path_factory, 2, 0, "--policy", "batch")
+
+
+def test_batch_policy_live(batch_cluster):
+    """Batch: no process between cells; each cell runs in a fresh one that starts from the committed state."""
+    k = Kernel()  # kernel_info is answered by the front: there is no replica to ask
+    try:
+        reply, outputs = k.execute("import os, numpy as np, notebookos.kernel\nbig = np.arange(300_000)\nx = 41\n"
+                                   "def inc(v):\n    return v + 1\nprint(notebookos.kernel.gpus(), os.getpid())")
+        assert reply["status"] == "ok", reply
+        gpus, first_pid = stream_text(outputs).split(" ")
+        assert gpus == "[0]"
+        # Between cells: no replica, no GPU held; the front answers completion itself.
+        k.wait_for(lambda: not k.info()["replicas"], what="the cell's replica to be retired")
+        status = api("GET", f"{batch_cluster['url']}/api/status", token=batch_cluster["token"])[1]
+        assert status["gpus"]["committed"] == 0
+        complete = k.reply(k.client.complete("in", 2))
+        assert complete["status"] == "ok" and complete["matches"] == []
+        reply, outputs = k.execute("print(inc(x), int(big.sum()), os.getpid() != " + first_pid.strip() + ", In[1][:9])")
+        assert reply["status"] == "ok", reply
+        assert stream_text(outputs) == f"42 {sum(range(300_000))} True import os\n"
+    finally:
+        k.shutdown()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import pickle
 import socket
 import sys
 import traceback
@@ -68,6 +69,11 @@ class ReplicaKernel(IPythonKernel):
     collect_garbage = Bool(True, help="Before running a cell, delete the object-store blobs no committed name or "
                            "Out refers to any more (turn off when the store directory is shared between kernels)."
                            ).tag(config=True)
+    state_file = Unicode("", help="Write the committed state (the Raft state machine's snapshot: refs of every "
+                         "value, history, outputs) to this file after each cell this replica runs. For policies "
+                         "that run each cell in a fresh process (batch).").tag(config=True)
+    restore_from = Unicode("", help="Start from the committed state in this file (written by state_file of an "
+                           "earlier replica) instead of an empty namespace.").tag(config=True)
     compaction_entries = Int(
         200, help="Raft log entries after which the log is compacted into a snapshot of the committed refs."
     ).tag(config=True)
@@ -93,6 +99,10 @@ class ReplicaKernel(IPythonKernel):
         self.tracker.prime()
         self.applier = Applier(self.shell, self.tracker, self.replica_id)
         self.cell_log = CellLog(self.applier.submit)
+        if self.restore_from and os.path.exists(self.restore_from):
+            # Before Raft starts: the snapshot is this replica's starting state, applied like one from a leader.
+            with open(self.restore_from, "rb") as f:
+                self.cell_log._deserialize(pickle.load(f))
         self.raft = RaftNode(
             self.raft_address,
             list(self.raft_peers),
@@ -199,12 +209,21 @@ class ReplicaKernel(IPythonKernel):
             if sys.stderr is not None:
                 sys.stderr.flush()
             self._last_seq = await commit
+            if self.state_file:
+                await asyncio.to_thread(self._write_state)
         except CommitError as exc:
             # The cell ran here but its effect is not in the log: this namespace no longer matches the group's.
             self.diverged = f"replica {self.replica_id} ran a cell it could not commit: {exc}"
             reply = self._publish_error("QuorumLost", f"{exc}. The cell's effects were not committed; the kernel's "
                                         "state is as of the last committed cell.")
         return reply
+
+    def _write_state(self) -> None:
+        """The committed state, for the next process to start from (written whole, then renamed)."""
+        tmp = f"{self.state_file}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(self.cell_log._serialize(), f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, self.state_file)
 
     def _start_collecting(self) -> None:
         """Delete garbage blobs (garbage.py) while the cell runs; :meth:`_collected` waits for it before the cell's

@@ -21,8 +21,9 @@ Endpoints (``{id}`` path parts are URL-encoded ids):
     takes its replicas with it (its daemon stops them), so their records are removed (a cell running on one is
     released).
 ``POST /api/kernels`` ``{kernel_id, request: {gpus, cpus, memory_mb}}`` -> 201
-    ``{"kernel_id", "replicas": [{"replica_id", "host_id", "host_url"}], "hash_seed"}`` (launch the replicas with
-    that PYTHONHASHSEED: the cluster's, which host daemons' prewarmed processes have). When the policy finds no room it
+    ``{"kernel_id", "replicas": [{"replica_id", "host_id", "host_url"}], "hash_seed", "per_cell_replicas"}`` (launch
+    the replicas with that PYTHONHASHSEED: the cluster's, which host daemons' prewarmed processes have). With
+    ``per_cell_replicas`` (batch) there are none: each ``run`` names a replica to start for that cell only. When the policy finds no room it
     scales out through the host provider and tries again; when the cluster is at ``max_hosts`` -> 503.
 ``POST /api/kernels/{id}/execute`` ``{wait?: seconds}`` -> one of
     ``{"action": "run", "replica_id", "host_id", "host_url", "devices": [int], "device_uuids": [str]}``
@@ -439,6 +440,11 @@ class SchedulerService(Application):
             self.log.warning("host %s left with %d replica(s): %s", host_id, len(lost), lost)
         return [{"kernel_id": k, "replica_id": r} for k, r in lost]
 
+    @property
+    def standing_replicas(self) -> bool:
+        """False under a policy that starts a replica per cell (batch): a kernel then has none between cells."""
+        return self.policy_obj.replicas_per_kernel > 0
+
     def host_heartbeat(self, host_id: str) -> dict[str, Any]:
         self.host(host_id)  # 404 tells a daemon the scheduler has forgotten it: it registers again
         self.liveness.heartbeat(host_id, self.now())
@@ -489,7 +495,8 @@ class SchedulerService(Application):
                 raise
         record = self.cluster.kernels[kernel_id]
         self.log.info("kernel %s placed on %s", kernel_id, ", ".join(r["host_id"] for r in added))
-        return {"kernel_id": kernel_id, "replicas": self.replica_views(record), "hash_seed": self.hash_seed}
+        return {"kernel_id": kernel_id, "replicas": self.replica_views(record), "hash_seed": self.hash_seed,
+                "per_cell_replicas": not self.standing_replicas}
 
     async def top_up(self, kernel_id: str) -> dict[str, Any]:
         """Place the replicas a kernel is missing (after ``DELETE .../replicas/{id}`` reported one lost)."""
@@ -572,7 +579,7 @@ class SchedulerService(Application):
         if record.running is not None and not getattr(self.policy_obj, "reserves_at_placement", False):
             raise APIError(409, f"kernel {kernel_id!r} already runs a cell on replica {record.running[0]}; "
                            "POST .../finished when it ends")
-        if not record.replicas:
+        if not record.replicas and self.standing_replicas:
             raise APIError(409, f"kernel {kernel_id!r} has no replicas left; POST .../placement to place new ones")
         now = self.now()
         record.last_active = now

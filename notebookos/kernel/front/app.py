@@ -28,6 +28,7 @@ from ...scheduler.client import SchedulerClient, SchedulerError
 from ..scratch import default_store_dir
 from .cluster import HostdLauncher, SchedulerExecutorPolicy
 from .executor import ExecutorPolicy, LastExecutorPolicy
+from .percell import PerCellReplicas
 from .relay import Relay
 from .supervisor import Supervisor
 
@@ -153,6 +154,8 @@ class NotebookOSFront(Application):
             policy = self._make_policy()
         relay = Relay(context, connection, client_session, supervisor, policy, self.send_yield)
         relay.unavailable = unplaced
+        if scheduler is not None and placement.get("per_cell_replicas"):
+            relay.per_cell = PerCellReplicas(supervisor, runtime_dir / "committed-state.pickle")
         relay.bind()
         supervisor.starting = True  # until start() below has launched the group: early requests wait for it
         _start_heartbeat(connection)

@@ -102,7 +102,9 @@ class SchedulerExecutorPolicy(ExecutorPolicy):
         action = answer.get("action")
         self._waiting = action == "wait"
         if action == "run":
-            return ExecutorChoice(int(answer["replica_id"]), tuple(answer.get("devices") or ()))
+            if answer.get("host_id") and answer.get("host_url"):
+                self.launcher.host_urls[answer["host_id"]] = answer["host_url"]
+            return ExecutorChoice(int(answer["replica_id"]), tuple(answer.get("devices") or ()), answer.get("host_id"))
         if action == "migrate":
             self.launcher.host_urls[answer["to_host"]] = answer["to_host_url"]
             return Migrate(int(answer["replica_id"]), answer["to_host"])

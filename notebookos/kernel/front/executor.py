@@ -27,6 +27,8 @@ class ExecutorChoice:
 
     replica: int
     devices: tuple[int, ...] = ()
+    #: Where the replica is (cluster mode), so a policy without standing replicas can have it started there.
+    host: str | None = None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from jupyter_client.session import Session
 
 from .. import protocol
 from .executor import ExecutorChoice, ExecutorPolicy, Migrate, ReplicaView
+from .percell import PerCellReplicas, reply_without_replica
 from .supervisor import ReplicaHandle, Supervisor
 from .wire import BadMessage, Signer, WireMessage, parse
 
@@ -92,6 +93,8 @@ class Relay:
         self.dropped = 0
         #: Why this kernel has no replicas at all (e.g. the scheduler found no room), told in every error reply.
         self.unavailable: str | None = None
+        #: Set when the kernel's policy keeps no standing replicas: each cell gets a fresh one (percell.py).
+        self.per_cell: PerCellReplicas | None = None
         self._next_transfer = 0.0
         self.wait_retry = 0.5  # seconds between asks while a cell waits for a GPU
         self._dispatch_lock = asyncio.Lock()
@@ -215,6 +218,8 @@ class Relay:
                 target = None
         target = target or await self.primary_when_started()
         if target is None:
+            if await self._answer_without_replica("shell", msg):
+                return
             await self._error_reply("shell", msg, "NoReplica", self.unavailable
                                     or "no replica of this kernel is alive; restart the kernel")
             return
@@ -256,7 +261,7 @@ class Relay:
             await self._error_reply("shell", msg, "NoReplica", self.unavailable)
             return
         while True:
-            if not sup.has_quorum():
+            if self.per_cell is None and not sup.has_quorum():
                 await self._error_reply(
                     "shell", msg, "QuorumLost",
                     f"this kernel has lost quorum: {len(sup.live)} of {len(sup.members)} replicas are alive, so it "
@@ -271,6 +276,13 @@ class Relay:
                 return
             if isinstance(choice, ExecutorChoice):
                 target = sup.replicas.get(choice.replica)
+                if target is None and self.per_cell is not None:
+                    self.per_cell.expect(msg.msg_id)
+                    try:
+                        target = await self.per_cell.start(choice)
+                    except Exception:
+                        await self.policy.cell_finished(choice.replica)  # give the committed GPUs back
+                        raise
                 if target is not None and target.alive:
                     break
                 # The policy does not know yet that this replica died: give its GPUs back and ask again.
@@ -342,10 +354,22 @@ class Relay:
             if running and running[0] in self.supervisor.replicas:
                 target = self.supervisor.replicas[running[0]]
         if target is None:
+            if await self._answer_without_replica("control", msg):
+                return
             await self._error_reply("control", msg, "NoReplica", self.unavailable
                                     or "no replica of this kernel is alive")
             return
         await self._forward_request(target, "control", msg)
+
+    async def _answer_without_replica(self, channel: str, msg: WireMessage) -> bool:
+        """Between cells a kernel without standing replicas has no process: the front answers what it can."""
+        content = reply_without_replica(msg.msg_type, msg.content) if self.per_cell is not None else None
+        if content is None:
+            return False
+        await self._send_client("iopub", "status", {"execution_state": "busy"}, msg)
+        await self._send_client(channel, msg.msg_type.replace("_request", "_reply"), content, msg, idents=msg.idents)
+        await self._send_client("iopub", "status", {"execution_state": "idle"}, msg)
+        return True
 
     async def _shutdown(self, msg: WireMessage) -> None:
         target = self.primary()
@@ -436,6 +460,8 @@ class Relay:
             elif msg_type == "comm_close":
                 self.comm_owner.pop(msg.content.get("comm_id"), None)
             await self._to_client("iopub", msg)
+            if msg_type == "status" and msg.content.get("execution_state") == "idle":
+                await self._cell_over(handle, parent_id, "idle")
             return
         if channel == "stdin":
             self.stdin_owner[msg.msg_id] = handle.id
@@ -461,8 +487,15 @@ class Relay:
                                              if f not in ("kernel subshells", "debugger")]
             msg = msg.with_content(content)
         await self._to_client(channel, msg)
+        if msg_type == "execute_reply":
+            await self._cell_over(handle, parent_id, "reply")
         if msg_type == "shutdown_reply":
             self.shutdown.set()
+
+    async def _cell_over(self, handle: ReplicaHandle, parent_id: str, what: str) -> None:
+        """Retire a cell's transient replica once its reply and its idle status have both gone out."""
+        if self.per_cell is not None and self.per_cell.cell_message(parent_id, what):
+            await self.per_cell.retire(handle)
 
     def _colocate_leader(self, executor: ReplicaHandle, raft_leader: str | None) -> None:
         """Move Raft leadership to the executor when they differ.

@@ -104,6 +104,24 @@ def test_placement_distinct_hosts_least_subscribed_and_under_cap():
     assert placed == 3  # 5 hosts x 8 GPUs / (3 replicas x 4 GPUs) = 3 kernels (36 of 40 GPUs)
 
 
+def test_pack_placement_fills_the_most_subscribed_hosts_that_fit():
+    c = make_cluster(5)
+    p = NotebookOSPolicy(max_subscription_ratio=1.0, placement="pack")
+    add_kernel(c, "k1", 4)
+    assert sorted(p.place(c, "k1", 0.0)) == ["h1", "h2", "h3"]
+    add_kernel(c, "k2", 4)
+    assert sorted(p.place(c, "k2", 0.0)) == ["h1", "h2", "h3"]  # packed onto them (8 of 8), h4/h5 stay empty
+    add_kernel(c, "k3", 2)
+    assert p.place(c, "k3", 0.0) is None and p.hosts_needed(c, "k3") == 1  # only h4, h5 have room
+    c.add_host(Host("h6", gpus=8))
+    p.refresh(c, ["h6"])
+    assert sorted(p.place(c, "k3", 0.0)) == ["h4", "h5", "h6"]
+    add_kernel(c, "k4", 2)
+    assert sorted(p.place(c, "k4", 0.0)) == ["h4", "h5", "h6"]  # the partly filled hosts, not new ones
+    assert all(h.subscribed_gpus <= 8 for h in c.hosts.values())
+    check_invariants(c, p)
+
+
 def test_executor_order_last_executor_first_then_most_free():
     c = make_cluster(3)
     p = NotebookOSPolicy()

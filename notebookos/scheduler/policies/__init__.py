@@ -184,6 +184,31 @@ class HostIndex:
         """The host with the fewest free GPUs that still has ``gpus`` free (packing); not draining."""
         return self._walk_free(gpus, False, accept)
 
+    def most_subscribed(self, n: int, gpus: int, cap_ratio: float, exclude: Collection[str] = ()) -> list[str]:
+        """Up to ``n`` hosts, most subscribed first, where ``gpus`` more subscribed GPUs stay within
+        ``cap_ratio`` x the host's GPUs; not draining, not in ``exclude`` (packing: emptier hosts stay empty)."""
+        hosts = self.cluster.hosts
+        out: list[str] = []
+        stale: list[str] = []
+        for key in reversed(self.sub.keys):
+            for hid in self.sub.members[key]:
+                host = hosts.get(hid)
+                if host is None:
+                    stale.append(hid)
+                    continue
+                if _ratio(host) != key:
+                    stale.append(hid)
+                if host.draining or hid in exclude or host.subscribed_gpus + gpus > cap_ratio * host.gpus:
+                    continue
+                out.append(hid)
+                if len(out) == n:
+                    break
+            if len(out) == n:
+                break
+        for hid in stale:
+            self.update(hid)
+        return out
+
     def least_subscribed(self, n: int, gpus: int, cap_ratio: float,
                          exclude: Collection[str] = ()) -> list[str]:
         """Up to ``n`` hosts, least subscribed first, where ``gpus`` more subscribed GPUs stay within

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from traitlets import Int
+from traitlets import Enum, Int
 
 from ..cluster import AccountingError, Cluster, KernelRecord
 from ..policy import Decision, Migrate, Run, ScaleOut
@@ -36,14 +36,18 @@ class NotebookOSPolicy(IndexedPolicy):
 
     name = "notebookos"
     replicas_per_kernel = Int(3, help="Replicas per kernel, each on a distinct host.").tag(config=True)
+    placement = Enum(("spread", "pack"), "spread", help="Where replicas go: 'spread' to the least subscribed "
+                     "hosts (more free GPUs where a kernel's replicas are), 'pack' to the most subscribed ones that "
+                     "still fit under the cap (hosts empty sooner and scale in).").tag(config=True)
 
     # -- placement -------------------------------------------------------------------------------------------
     def _candidates(self, cluster: Cluster, kernel: KernelRecord, need: int) -> list[str]:
         idx = self.index(cluster)
         have = {r.host_id for r in kernel.replicas.values()}
-        hosts = idx.least_subscribed(need, kernel.request.gpus, self.max_subscription_ratio, have)
+        pick = idx.most_subscribed if self.placement == "pack" else idx.least_subscribed
+        hosts = pick(need, kernel.request.gpus, self.max_subscription_ratio, have)
         if len(hosts) < need and self._retry_miss(cluster):
-            hosts = idx.least_subscribed(need, kernel.request.gpus, self.max_subscription_ratio, have)
+            hosts = pick(need, kernel.request.gpus, self.max_subscription_ratio, have)
         return hosts
 
     def place(self, cluster: Cluster, kernel_id: str, now: float) -> list[str] | None:

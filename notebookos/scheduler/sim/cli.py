@@ -131,6 +131,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cl.add_argument("--subscription-ratio", type=_float(0, strict=True), default=7.0,
                     help="notebookos policy: most GPUs that replicas on a host may request, as a multiple of its "
                     "GPUs (default: %(default)g).")
+    cl.add_argument("--placement", choices=("spread", "pack"), default="spread",
+                    help="notebookos policy: replicas to the least subscribed hosts (spread) or to the most "
+                    "subscribed that still fit (pack: fewer GPU-hours, more migrations; default: %(default)s).")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -157,6 +160,8 @@ def _policy_config(cls, args: argparse.Namespace) -> dict:
         config["max_subscription_ratio"] = args.subscription_ratio
     if "process_start_seconds" in traits:
         config["process_start_seconds"] = args.process_start
+    if "placement" in traits:
+        config["placement"] = args.placement
     return config
 
 

@@ -187,40 +187,24 @@ class HostIndex:
     def most_subscribed(self, n: int, gpus: int, cap_ratio: float, exclude: Collection[str] = ()) -> list[str]:
         """Up to ``n`` hosts, most subscribed first, where ``gpus`` more subscribed GPUs stay within
         ``cap_ratio`` x the host's GPUs; not draining, not in ``exclude`` (packing: emptier hosts stay empty)."""
-        hosts = self.cluster.hosts
-        out: list[str] = []
-        stale: list[str] = []
-        for key in reversed(self.sub.keys):
-            for hid in self.sub.members[key]:
-                host = hosts.get(hid)
-                if host is None:
-                    stale.append(hid)
-                    continue
-                if _ratio(host) != key:
-                    stale.append(hid)
-                if host.draining or hid in exclude or host.subscribed_gpus + gpus > cap_ratio * host.gpus:
-                    continue
-                out.append(hid)
-                if len(out) == n:
-                    break
-            if len(out) == n:
-                break
-        for hid in stale:
-            self.update(hid)
-        return out
+        return self._walk_subscribed(n, gpus, cap_ratio, exclude, reversed(self.sub.keys), None)
 
     def least_subscribed(self, n: int, gpus: int, cap_ratio: float,
                          exclude: Collection[str] = ()) -> list[str]:
         """Up to ``n`` hosts, least subscribed first, where ``gpus`` more subscribed GPUs stay within
         ``cap_ratio`` x the host's GPUs; not draining, not in ``exclude``."""
-        hosts = self.cluster.hosts
         # A host of g GPUs fits iff ratio <= cap - gpus/g; no host has more than max_host_gpus GPUs, so past
         # this ratio nothing fits and the walk can stop.
         limit = cap_ratio - gpus / self.max_host_gpus if self.max_host_gpus else -1.0
+        return self._walk_subscribed(n, gpus, cap_ratio, exclude, self.sub.keys, limit)
+
+    def _walk_subscribed(self, n: int, gpus: int, cap_ratio: float, exclude: Collection[str],
+                         keys: Iterable[float], stop_above: float | None) -> list[str]:
+        hosts = self.cluster.hosts
         out: list[str] = []
         stale: list[str] = []
-        for key in self.sub.keys:
-            if key > limit + 1e-12:
+        for key in keys:
+            if stop_above is not None and key > stop_above + 1e-12:
                 break
             for hid in self.sub.members[key]:
                 host = hosts.get(hid)

@@ -195,3 +195,50 @@ def test_batch_policy_live(batch_cluster):
         assert stream_text(outputs) == f"42 {sum(range(300_000))} True import os\n"
     finally:
         k.shutdown()
+
+
+@pytest.fixture
+def growing_cluster(tmp_path_factory):
+    yield from _up(tmp_path_factory, 2, 2, "--max-hosts", "3")
+
+
+def test_full_hosts_make_the_scheduler_scale_out_and_migrate_a_replica(growing_cluster):
+    """The notebookos policy end to end: the kernel's hosts have no free GPU, so the scheduler adds a host and
+    moves a replica there (a new process joins the Raft group, catches up, the old one leaves); the cell then
+    runs there with every variable."""
+    url, token = growing_cluster["url"], growing_cluster["token"]
+
+    def scheduler(method, path, body=None):
+        code, answer = api(method, f"{url}{path}", body, token=token)
+        assert code in (200, 201), (path, code, answer)
+        return answer
+
+    k = Kernel()
+    try:
+        reply, _ = k.execute("import numpy as np, notebookos.kernel\nx = 41\nbig = np.arange(300_000)")
+        assert reply["status"] == "ok", reply
+        kernel_id = k.km.kernel_id
+        before = {r["host_id"]: r["replica_id"] for r in scheduler("GET", f"/api/kernels/{kernel_id}")["replicas"]}
+        assert len(before) == 2
+        # Two other kernels' cells hold both GPUs of the kernel's two hosts (scheduler records only).
+        for fake in ("f1", "f2"):
+            scheduler("POST", "/api/kernels", {"kernel_id": fake, "request": {"gpus": 1}})
+            assert scheduler("POST", f"/api/kernels/{fake}/execute")["action"] == "run"
+        reply, outputs = k.execute("print(x + 1, int(big.sum()), notebookos.kernel.gpus())", timeout=120)
+        assert reply["status"] == "ok", reply
+        assert stream_text(outputs, "stdout") == f"42 {sum(range(300_000))} [0]\n"
+        assert "waiting for a GPU" in stream_text(outputs, "stderr")
+        after = {r["host_id"]: r["replica_id"] for r in scheduler("GET", f"/api/kernels/{kernel_id}")["replicas"]}
+        [new_host] = set(after) - set(before)
+        assert new_host.startswith("local-")  # added by the scale-out
+        [moved] = set(before) - set(after)
+        hosts = {h["id"]: h for h in scheduler("GET", "/api/hosts")["hosts"]}
+        on_new = api("GET", f"{hosts[new_host]['url']}/api/replicas", token=token)[1]["replicas"]
+        assert [(r["kernel_id"], r["alive"]) for r in on_new] == [(kernel_id, True)]
+        on_old = api("GET", f"{hosts[moved]['url']}/api/replicas", token=token)[1]["replicas"]
+        assert not [r for r in on_old if r["kernel_id"] == kernel_id and r["alive"]]
+        for fake in ("f1", "f2"):
+            scheduler("POST", f"/api/kernels/{fake}/finished")
+            scheduler("DELETE", f"/api/kernels/{fake}")
+    finally:
+        k.shutdown()

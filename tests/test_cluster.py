@@ -235,10 +235,38 @@ def test_full_hosts_make_the_scheduler_scale_out_and_migrate_a_replica(growing_c
         hosts = {h["id"]: h for h in scheduler("GET", "/api/hosts")["hosts"]}
         on_new = api("GET", f"{hosts[new_host]['url']}/api/replicas", token=token)[1]["replicas"]
         assert [(r["kernel_id"], r["alive"]) for r in on_new] == [(kernel_id, True)]
-        on_old = api("GET", f"{hosts[moved]['url']}/api/replicas", token=token)[1]["replicas"]
-        assert not [r for r in on_old if r["kernel_id"] == kernel_id and r["alive"]]
+        k.wait_for(lambda: not [r for r in api("GET", f"{hosts[moved]['url']}/api/replicas", token=token)[1]["replicas"]
+                                if r["kernel_id"] == kernel_id and r["alive"]], timeout=15,
+                   what="the moved replica's old process to stop")
         for fake in ("f1", "f2"):
             scheduler("POST", f"/api/kernels/{fake}/finished")
             scheduler("DELETE", f"/api/kernels/{fake}")
     finally:
         k.shutdown()
+
+
+def test_replicas_listen_where_their_host_daemon_says(tmp_path, monkeypatch):
+    """Each host daemon chooses its replicas' ports and address (127.0.0.2 and 127.0.0.3 here, two loopback
+    addresses standing for two machines): the front connects there and Raft runs between them."""
+    from .test_scheduler_service import TOKEN, start_hostd, start_scheduler, wait_hosts
+
+    scheduler, url = start_scheduler(tmp_path, "--policy", "notebookos", "--replicas-per-kernel", "2")
+    hosts = [start_hostd(tmp_path, url, f"m{i}", 1, "--ip", f"127.0.0.{i}") for i in (2, 3)]
+    try:
+        wait_hosts(url, {"m2", "m3"})
+        monkeypatch.setenv("NOTEBOOKOS_SCHEDULER_URL", url)
+        monkeypatch.setenv("NOTEBOOKOS_SCHEDULER_TOKEN", TOKEN)
+        k = Kernel()
+        try:
+            reply, outputs = k.execute("x = 6 * 7\nprint(x)")
+            assert reply["status"] == "ok" and stream_text(outputs) == "42\n", outputs
+            rows = k.info()["replicas"]
+            assert sorted(r["raft_address"].rsplit(":", 1)[0] for r in rows) == ["127.0.0.2", "127.0.0.3"]
+            k.wait_for(lambda: all(r["status"].get("raft_role") in ("leader", "follower") for r in k.info()["replicas"]),
+                       what="both replicas in the Raft group")
+        finally:
+            k.shutdown()
+    finally:
+        for h in hosts:
+            h.stop()
+        scheduler.stop()

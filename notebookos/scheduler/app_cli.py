@@ -36,7 +36,7 @@ HOSTD_OPTIONS = {
     "scheduler_url": "scheduler_url", "token": "token", "host_id": "host_id", "ip": "ip", "port": "port",
     "public_url": "public_url", "virtual_gpus": "virtual_gpus", "use_nvml": "use_nvml",
     "runtime_dir": "runtime_dir", "stop_grace": "stop_grace", "info_file": "info_file", "log_level": "log_level",
-    "heartbeat_interval": "heartbeat_interval", "prewarm": "prewarm",
+    "heartbeat_interval": "heartbeat_interval", "prewarm": "prewarm", "replica_ip": "replica_ip",
 }
 
 
@@ -78,6 +78,8 @@ def hostd_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ip", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 0: a free port)")
     p.add_argument("--public-url", help="URL the scheduler and fronts reach this daemon at (default http://IP:PORT)")
+    p.add_argument("--replica-ip", help="address this host's replicas listen on, reachable by fronts and other "
+                   "hosts (default: --ip, or 127.0.0.1 for a wildcard)")
     p.add_argument("--virtual-gpus", type=int, help="virtual GPUs when NVML finds none "
                    "(default $NOTEBOOKOS_VIRTUAL_GPUS, else 8)")
     p.add_argument("--no-nvml", dest="use_nvml", action="store_const", const=False,

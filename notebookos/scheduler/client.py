@@ -132,6 +132,10 @@ class HostClient(_JSONClient):
             body["cwd"] = cwd
         return await self.request("POST", "/api/replicas", body)
 
+    async def ports(self, count: int) -> dict[str, Any]:
+        """``count`` free ports on the host and the address replicas listen on there: ``{"ip", "ports"}``."""
+        return await self.request("POST", "/api/ports", {"count": count})
+
     async def stop_replica(self, kernel_id: str, replica_id: int) -> dict[str, Any]:
         return await self.request("DELETE", f"/api/replicas/{_q(kernel_id)}/{_q(replica_id)}")
 

@@ -14,6 +14,8 @@ REST API (every request needs ``Authorization: token TOKEN``, else 403; errors a
     (``replica_id`` is filled in from the body; a dict with a ``"ReplicaKernel"`` key is taken as a whole
     traitlets config); ``hash_seed`` sets ``PYTHONHASHSEED`` (give the whole group one seed); ``cwd`` the
     replica's working directory when it exists here. 409 if that replica is already running.
+``POST /api/ports`` ``{count}`` -> ``{"ip", "ports"}``: free ports on this machine and the address a replica
+    launched here listens on (``replica_ip``); the front builds the replica's connection and Raft address from them.
 ``GET /api/replicas`` -> ``{"replicas": [{"kernel_id", "replica_id", "pid", "alive", "exit_code", "uptime_s"}]}``
 ``DELETE /api/replicas/{kernel_id}/{replica_id}`` -> ``{"kernel_id", "replica_id", "pid", "exit_code"}``:
     SIGTERM, then SIGKILL after ``stop_grace`` seconds.
@@ -47,7 +49,7 @@ from tornado.netutil import bind_sockets
 from traitlets import Bool, Float, Int, Unicode, default
 from traitlets.config import Application
 
-from ..kernel.front.launchers import replica_command
+from ..kernel.front.launchers import free_ports, replica_command
 from ..parentdeath import kill_with_parent
 from .gpus import GPUInfo, discover_gpus
 from .http import SCHEDULER_TOKEN_ENV, APIError, JSONHandler, NotFoundHandler, req_dict, req_int, req_str
@@ -109,6 +111,9 @@ class HostDaemon(Application):
     port = Int(0, help="Port the REST API listens on (0: a free port).").tag(config=True)
     public_url = Unicode("", help="URL the scheduler and fronts use to reach this daemon "
                          "(default http://IP:PORT).").tag(config=True)
+    replica_ip = Unicode("", help="Address this host's replicas listen on for their Jupyter channels and Raft, and "
+                         "fronts connect to (default: --ip, or 127.0.0.1 when --ip is a wildcard). Give the "
+                         "cluster-network address when fronts and other hosts are on other machines.").tag(config=True)
     virtual_gpus = Int(None, allow_none=True, help="Virtual GPUs to report when NVML finds none "
                        "(default $NOTEBOOKOS_VIRTUAL_GPUS, else 8).").tag(config=True)
     use_nvml = Bool(True, help="Report the GPUs NVML finds (nvidia-ml-py); False: always virtual GPUs.").tag(
@@ -172,6 +177,7 @@ class HostDaemon(Application):
         self._server = HTTPServer(web.Application([
             (r"/api/gpus", GPUsHandler, a),
             (r"/api/replicas", ReplicasHandler, a),
+            (r"/api/ports", PortsHandler, a),
             (r"/api/replicas/([^/]+)/([^/]+)", ReplicaHandler, a),
         ], default_handler_class=NotFoundHandler, default_handler_args=a))
         self._server.add_sockets(sockets)
@@ -183,6 +189,14 @@ class HostDaemon(Application):
 
             write_private_json(self.info_file, {"url": self.url, "host_id": self.host_id, "pid": os.getpid()})
         return self.url
+
+    def allocate_ports(self, count: int) -> dict[str, Any]:
+        """Free ports on this machine for a replica about to be launched here, and the address it will use."""
+        ip = self.replica_ip or (self.ip if self.ip not in ("", "0.0.0.0", "::") else "127.0.0.1")
+        try:
+            return {"ip": ip, "ports": free_ports(ip, count)}
+        except OSError as exc:
+            raise APIError(500, f"cannot bind ports on {ip!r} (HostDaemon.replica_ip): {exc}") from None
 
     def registration(self) -> dict[str, Any]:
         return {"id": self.host_id, "url": self.url, "gpus": len(self.gpus), "cpus": cpu_count(),
@@ -438,6 +452,12 @@ class _HostHandler(JSONHandler):
 class GPUsHandler(_HostHandler):
     def get(self) -> None:
         self.send_json({"host_id": self.owner.host_id, "gpus": [g.to_dict() for g in self.owner.gpus]})
+
+
+class PortsHandler(_HostHandler):
+    def post(self) -> None:
+        count = req_int(self.json_body(), "count", minimum=1, maximum=32)
+        self.send_json(self.owner.allocate_ports(count))
 
 
 class ReplicasHandler(_HostHandler):

@@ -5,8 +5,8 @@
 - :class:`SchedulerExecutorPolicy` asks the scheduler which replica runs each cell (a long poll that answers
   run/wait/migrate), releases the GPUs when the cell ends and reports migrations and replacements.
 
-Ports: the front still chooses the replicas' ports on its own machine, which is right for ``notebookos up`` (every
-host daemon on this machine); hosts on other machines need their daemon to choose ports (not done yet).
+Ports: each replica's host daemon chooses its ports and the address it listens on (``HostDaemon.replica_ip``), on
+the replica's machine; the front connects there.
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ class HostdLauncher(ReplicaLauncher):
             return HostClient(self.host_urls[host_id], self.token)
         except KeyError:
             raise LookupError(f"no daemon URL known for host {host_id!r}") from None
+
+    async def ports(self, host_id: str | None, count: int, local_ip: str) -> tuple[str, list[int]]:
+        """Ports are chosen by the replica's host daemon, on its machine, with the address replicas listen on there."""
+        if host_id is None:
+            raise ValueError("cluster mode launches replicas on a host the scheduler chose; none was given")
+        answer = await self._client(host_id).ports(count)
+        return answer["ip"], [int(p) for p in answer["ports"]]
 
     async def launch(self, spec: LaunchSpec) -> Launched:
         if spec.host_id is None:

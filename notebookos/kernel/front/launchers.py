@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -39,7 +40,28 @@ class Launched:
     state: dict[str, Any] = field(default_factory=dict)
 
 
+def free_ports(host: str, count: int) -> list[int]:
+    """``count`` TCP ports free on ``host`` just now (bound and released; a replica that loses the race to another
+    process fails to bind and is replaced)."""
+    socks, ports = [], []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
 class ReplicaLauncher(abc.ABC):
+    async def ports(self, host_id: str | None, count: int, local_ip: str) -> tuple[str, list[int]]:
+        """The address a replica on ``host_id`` will listen on and ``count`` free ports there. Chosen where the
+        replica runs: here, on this machine."""
+        return local_ip, free_ports(local_ip, count)
+
     @abc.abstractmethod
     async def launch(self, spec: LaunchSpec) -> Launched:
         """Start the replica process described by ``spec``."""

@@ -31,20 +31,6 @@ log = logging.getLogger(__name__)
 CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
 
 
-def _free_ports(host: str, count: int) -> list[int]:
-    socks, ports = [], []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((host, 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
 @dataclass
 class ReplicaHandle:
     """The front's view of one replica process and its sockets."""
@@ -126,10 +112,10 @@ class Supervisor:
                      host_id: str | None = None, replica_id: int | None = None) -> ReplicaHandle:
         rid = replica_id if replica_id is not None else self._next_id
         self._next_id = max(self._next_id, rid + 1)
-        ports = _free_ports(self.host, 6)
+        ip, ports = await self.launcher.ports(host_id, 6, self.host)
         connection = {
             "transport": "tcp",
-            "ip": self.host,
+            "ip": ip,
             "shell_port": ports[0],
             "iopub_port": ports[1],
             "stdin_port": ports[2],
@@ -139,7 +125,7 @@ class Supervisor:
             "signature_scheme": "hmac-sha256",
             "kernel_name": "notebookos-replica",
         }
-        raft_address = raft_address or f"{self.host}:{ports[5]}"
+        raft_address = raft_address or f"{ip}:{ports[5]}"
         config = {"ReplicaKernel": {**self.replica_config, "replica_id": rid, "raft_address": raft_address,
                                     "raft_peers": [p for p in peers if p != raft_address],
                                     "campaign_now": campaign_now}}
@@ -184,8 +170,11 @@ class Supervisor:
         which answers kernel_info and runs the first cell, starts alone), then ``minority_delay`` before the rest,
         which the first cell does not need (a majority commits it).
         """
-        addresses = [f"{self.host}:{port}" for port in _free_ports(self.host, count)]
         hosts = hosts or [None] * count
+        addresses = []
+        for host_id in hosts:  # each replica's Raft address, on the host it will run on
+            ip, [port] = await self.launcher.ports(host_id, 1, self.host)
+            addresses.append(f"{ip}:{port}")
         ids = ids or list(range(self._next_id, self._next_id + count))
         # The lowest id runs the first cell (LastExecutorPolicy): let it become Raft leader right away.
         first = min(ids)

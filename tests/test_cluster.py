@@ -17,6 +17,7 @@ import time
 import pytest
 
 from .conftest import Kernel, stream_text
+from .test_failover import executor_of, kill_replica
 from .test_scheduler_service import api
 
 
@@ -119,9 +120,8 @@ def test_a_killed_replica_is_replaced_through_its_host_daemon(cluster3):
     k = Kernel()
     try:
         k.execute("import numpy as np\nkept = np.arange(300_000)\nlabel = 'still here'")
-        info = k.info()
-        victim = next(r for r in info["replicas"] if r["id"] == info["last_executor"])
-        os.kill(victim["pid"], signal.SIGKILL)
+        victim = {"id": executor_of(k)}
+        kill_replica(k, victim["id"])
         reply, outputs = k.execute("print(label, int(kept.sum()))")
         assert reply["status"] == "ok", reply
         assert stream_text(outputs) == f"still here {sum(range(300_000))}\n"
@@ -266,6 +266,45 @@ def test_replicas_listen_where_their_host_daemon_says(tmp_path, monkeypatch):
                        what="both replicas in the Raft group")
         finally:
             k.shutdown()
+    finally:
+        for h in hosts:
+            h.stop()
+        scheduler.stop()
+
+
+def test_hosts_with_separate_stores_copy_large_values_between_them(tmp_path, monkeypatch):
+    """Hosts as separate machines: each keeps its own object store; a follower on another host gets a large value
+    by having its host daemon copy it from the writer's host, and still has it after the writer dies."""
+    from .test_scheduler_service import TOKEN, start_hostd, start_scheduler, wait_hosts
+
+    scheduler, url = start_scheduler(tmp_path, "--policy", "notebookos", "--replicas-per-kernel", "3")
+    roots = {h: tmp_path / f"store-{h}" for h in ("s1", "s2", "s3")}
+    hosts = [start_hostd(tmp_path, url, h, 1, "--store-root", str(root)) for h, root in roots.items()]
+    try:
+        wait_hosts(url, set(roots))
+        monkeypatch.setenv("NOTEBOOKOS_SCHEDULER_URL", url)
+        monkeypatch.setenv("NOTEBOOKOS_SCHEDULER_TOKEN", TOKEN)
+        k = Kernel()
+        try:
+            reply, _ = k.execute("import numpy as np\nbig = np.arange(300_000)")  # 2.4 MB: a blob
+            assert reply["status"] == "ok", reply
+
+            def same_everywhere():
+                d = [r.get("digests") for r in k.digests().values()]
+                return len(d) == 3 and d[0] and all(x == d[0] for x in d) and "big" in d[0]
+
+            k.wait_for(same_everywhere, timeout=60, what="the follower to load the value from the other host")
+            blobs = {h: {p.name for p in root.glob("kernel-*/??/*")} for h, root in roots.items()}
+            assert blobs["s1"] == blobs["s2"] == blobs["s3"] and len(blobs["s1"]) == 1, blobs  # a copy per host
+            kill_replica(k, executor_of(k))
+            reply, outputs = k.execute("print(int(big.sum()))")
+            assert reply["status"] == "ok", reply
+            assert stream_text(outputs) == f"{sum(range(300_000))}\n"
+        finally:
+            k.shutdown()
+        # A kernel's directory goes with its last replica on the host.
+        k.wait_for(lambda: not any(list(root.glob("kernel-*")) for root in roots.values()), timeout=30,
+                   what="the kernel's store directories to be removed")
     finally:
         for h in hosts:
             h.stop()

@@ -167,7 +167,7 @@ def test_load_store_by_name_with_and_without_entry_points(tmp_path, monkeypatch)
     # A source checkout that was never pip-installed has no entry points: the built-in still loads.
     monkeypatch.setattr(base, "entry_points", lambda group: [])
     assert isinstance(load_store("local", root=tmp_path / "b"), LocalDirectoryStore)
-    with pytest.raises(ValueError, match=r"'nope'.*available: local"):
+    with pytest.raises(ValueError, match=r"'nope'.*available: hostfetch, local"):
         load_store("nope")
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.kernelapp import IPKernelApp
-from traitlets import Bool, DottedObjectName, Float, Int, List, Unicode
+from traitlets import Bool, Dict, DottedObjectName, Float, Int, List, Unicode
 
 from ..objectstore import load_store
 from . import protocol, tensors
@@ -54,6 +54,8 @@ class ReplicaKernel(IPythonKernel):
     store_dir = Unicode("", help="Directory of the local object store; shared by the replicas of one host.").tag(
         config=True
     )
+    store_options = Dict(help="More keyword arguments of the object store (e.g. the 'hostfetch' store's fetch_url "
+                         "and kernel_id, which a host daemon sets).").tag(config=True)
     commit_timeout = Float(10.0, help="Seconds a cell's commit may wait for a Raft quorum before it fails.").tag(
         config=True
     )
@@ -93,8 +95,8 @@ class ReplicaKernel(IPythonKernel):
         self._collecting: asyncio.Future[list[str]] | None = None
         self._background: set[asyncio.Future] = set()
         self.devices = DeviceBinding()
-        store_kwargs = {"root": self.store_dir} if self.store_name == "local" else {}
-        self.store = load_store(self.store_name, **store_kwargs)
+        store_kwargs = {"root": self.store_dir} if self.store_name in ("local", "hostfetch") else {}
+        self.store = load_store(self.store_name, **store_kwargs, **self.store_options)
         self.tracker = NamespaceTracker(self.shell.user_ns, self.store, hidden=self.shell.user_ns_hidden)
         self.tracker.prime()
         self.applier = Applier(self.shell, self.tracker, self.replica_id)

@@ -164,9 +164,10 @@ class ObjectStore(abc.ABC):
 
 def _builtin_stores() -> dict[str, type[ObjectStore]]:
     # Imported here: implementations import this module.
+    from .hostfetch import HostFetchStore
     from .local import LocalDirectoryStore
 
-    return {"local": LocalDirectoryStore}
+    return {"local": LocalDirectoryStore, "hostfetch": HostFetchStore}
 
 
 def available_stores() -> list[str]:

@@ -37,6 +37,7 @@ HOSTD_OPTIONS = {
     "public_url": "public_url", "virtual_gpus": "virtual_gpus", "use_nvml": "use_nvml",
     "runtime_dir": "runtime_dir", "stop_grace": "stop_grace", "info_file": "info_file", "log_level": "log_level",
     "heartbeat_interval": "heartbeat_interval", "prewarm": "prewarm", "replica_ip": "replica_ip",
+    "store_root": "store_root",
 }
 
 
@@ -78,6 +79,8 @@ def hostd_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ip", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 0: a free port)")
     p.add_argument("--public-url", help="URL the scheduler and fronts reach this daemon at (default http://IP:PORT)")
+    p.add_argument("--store-root", help="keep each kernel's object store here and copy blobs from other hosts on "
+                   "demand (for hosts on separate machines; default: the front's directory)")
     p.add_argument("--replica-ip", help="address this host's replicas listen on, reachable by fronts and other "
                    "hosts (default: --ip, or 127.0.0.1 for a wildcard)")
     p.add_argument("--virtual-gpus", type=int, help="virtual GPUs when NVML finds none "

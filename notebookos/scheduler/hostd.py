@@ -52,6 +52,8 @@ from traitlets.config import Application
 from ..kernel.front.launchers import free_ports, replica_command
 from ..parentdeath import kill_with_parent
 from .gpus import GPUInfo, discover_gpus
+from .hostobjects import HostObjects
+from .hostobjects import routes as object_routes
 from .http import SCHEDULER_TOKEN_ENV, APIError, JSONHandler, NotFoundHandler, req_dict, req_int, req_str
 from .prewarm_pool import PrewarmPool, pool_env
 
@@ -120,6 +122,10 @@ class HostDaemon(Application):
         config=True)
     runtime_dir = Unicode("", help="Directory for replicas' connection files, configs and logs "
                           "(default: a new temporary directory, removed on exit).").tag(config=True)
+    store_root = Unicode("", help="Keep the object store of each kernel whose replicas run here in a directory "
+                         "under this one, and copy blobs other hosts wrote on demand (hostobjects.py). Needed when "
+                         "hosts are separate machines; empty: replicas use the directory the front names (one "
+                         "machine).").tag(config=True)
     stop_grace = Float(3.0, help="Seconds a replica gets after SIGTERM before SIGKILL.").tag(config=True)
     register_timeout = Float(60.0, help="Seconds to keep retrying registration before giving up.").tag(config=True)
     prewarm = Int(None, allow_none=True, help="Replica processes to keep started ahead of demand, interpreter "
@@ -154,6 +160,7 @@ class HostDaemon(Application):
         self._reaper: asyncio.Task | None = None
         self._heartbeats: asyncio.Future | None = None
         self.pool: PrewarmPool | None = None
+        self.objects: HostObjects | None = None
         # Replaced by the cluster's seed when the scheduler gives one; prewarmed processes are started with it.
         self.hash_seed = str(int.from_bytes(os.urandom(4), "little"))
 
@@ -173,8 +180,11 @@ class HostDaemon(Application):
         self.url = self.public_url.rstrip("/") or f"http://{host}:{port}"
         if not self.host_id:
             self.host_id = f"{socket.gethostname()}:{port}"
+        if self.store_root:
+            self.objects = HostObjects(self.store_root, self)
         a = {"owner": self}
         self._server = HTTPServer(web.Application([
+            *object_routes(self),
             (r"/api/gpus", GPUsHandler, a),
             (r"/api/replicas", ReplicasHandler, a),
             (r"/api/ports", PortsHandler, a),
@@ -362,6 +372,10 @@ class HostDaemon(Application):
         else:
             full_config = {"ReplicaKernel": dict(config)}
         full_config["ReplicaKernel"]["replica_id"] = replica_id
+        if self.objects is not None:
+            root = self.objects.attach(kernel_id, replica_id, raft_secret)
+            full_config["ReplicaKernel"].update(store_dir=str(root), store_name="hostfetch",
+                                                store_options={"fetch_url": self.url, "kernel_id": kernel_id})
         key = (kernel_id, replica_id)
         existing = self.replicas.get(key)
         if existing is not None and existing.process.poll() is None:
@@ -412,6 +426,9 @@ class HostDaemon(Application):
                 process.wait()
         if self.replicas.get((replica.kernel_id, replica.replica_id)) is replica:
             del self.replicas[(replica.kernel_id, replica.replica_id)]
+            if self.objects is not None:
+                self.objects.detach(replica.kernel_id, {rid for (kid, rid), r in self.replicas.items()
+                                                        if kid == replica.kernel_id and r.process.poll() is None})
         for path in (replica.directory / f"replica-{replica.replica_id}.json",
                      replica.directory / f"replica-{replica.replica_id}-config.json"):
             try:

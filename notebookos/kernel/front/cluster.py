@@ -88,6 +88,10 @@ class HostdLauncher(ReplicaLauncher):
     async def kill(self, launched: Launched) -> None:
         await self._stop(launched)
 
+    async def release(self, launched: Launched) -> None:
+        if self._exit.get((launched.state["host_id"], launched.state["replica_id"])) != -15:  # not stopped by us yet
+            await self._stop(launched)
+
 
 class SchedulerExecutorPolicy(ExecutorPolicy):
     """The scheduler decides: run (GPUs committed), wait (queued), or migrate first."""

@@ -81,6 +81,10 @@ class ReplicaLauncher(abc.ABC):
     async def kill(self, launched: Launched) -> None:
         """Stop the process now (SIGKILL)."""
 
+    async def release(self, launched: Launched) -> None:  # noqa: B027 - only remote launchers keep state
+        """The kernel is ending: forget the replica, dead or alive (a host daemon then removes its files and,
+        with its last replica of the kernel, the kernel's object store there)."""
+
 
 def replica_command(connection_file: Path, config_file: Path, python: str = sys.executable,
                     log_level: str = "WARN") -> list[str]:

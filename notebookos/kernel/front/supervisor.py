@@ -366,5 +366,7 @@ class Supervisor:
             await self.launcher.refresh()
         for handle in self.replicas.values():
             await self.kill(handle)
+            if handle.launched is not None:
+                await self.launcher.release(handle.launched)
             for sock in handle.sockets.values():
                 sock.close(linger=0)

@@ -386,9 +386,10 @@ class RaftNode:
 
     async def transfer_leadership(self, address: str, timeout: float) -> None:
         """Ask this node, if it leads, to hand leadership to ``address`` (Raft TimeoutNow; best effort)."""
+        # Denied while the target lags behind the leader's log: it catches up within heartbeats, so retry.
         await self._propose(
             lambda cb: self._on_tick_thread(lambda: self._sync.transferLeadership(address, callback=cb)),
-            timeout, "leadership transfer")
+            timeout, "leadership transfer", retry_denied=True)
 
     def leader_address(self) -> str | None:
         return getattr(self._sync._getLeader(), "address", None)

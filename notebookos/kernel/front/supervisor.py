@@ -338,17 +338,31 @@ class Supervisor:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"replica {new.id} did not catch up within {timeout:g} s")
                 await asyncio.sleep(0.1)
+            if await self._leads(old):
+                # PySyncObj's leader cannot remove itself: hand leadership to the caught-up newcomer first.
+                reply = await self.request(old, protocol.MEMBERSHIP_REQUEST,
+                                           {"op": "transfer", "address": new.raft_address}, timeout=5.0)
+                if reply.get("status") != "ok":
+                    log.warning("replica %d could not hand Raft leadership to %d: %s", old.id, new.id,
+                                reply.get("evalue"))
             old.member = False
             reply = await self.request(new, protocol.MEMBERSHIP_REQUEST,
                                        {"op": "remove", "address": old.raft_address}, timeout=15.0)
             if reply.get("status") != "ok":
                 log.error("migrated replica %d could not leave the group: %s", old.id, reply.get("evalue"))
+            old.alive = False  # before it exits, so the watcher does not take the planned exit for a loss
             await self.launcher.terminate(old.launched)
-            old.alive = False
             log.info("replica %d migrated to replica %d on %s", old.id, new.id, host_id or new.launched.host)
             return new
         finally:
             self._replacing = False
+
+    async def _leads(self, handle: ReplicaHandle) -> bool:
+        try:
+            handle.status = await self.request(handle, protocol.STATUS_REQUEST, {}, timeout=2.0)
+        except TimeoutError:
+            return False
+        return handle.status.get("raft_role") == "leader"
 
     # -- teardown ----------------------------------------------------------------------------------------------
     async def kill(self, handle: ReplicaHandle) -> None:

@@ -10,6 +10,7 @@ code must not see.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.error
@@ -55,9 +56,7 @@ class HostFetchStore(LocalDirectoryStore):
             if exc.code == 404:
                 raise ObjectNotFound(digest, f"{self.location} or any host of the cluster") from None
             detail = exc.read().decode(errors="replace")
-            try:
+            with contextlib.suppress(ValueError, AttributeError):  # the daemon answers {"error": ...}; else raw text
                 detail = json.loads(detail).get("error", detail)
-            except ValueError:
-                pass
             raise OSError(f"fetching object {digest} through {self.fetch_url} failed: {exc.code} {detail}") from None
         self.fetched += 1

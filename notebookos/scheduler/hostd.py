@@ -300,10 +300,7 @@ class HostDaemon(Application):
         if self._own_runtime_dir:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
         if self.info_file:
-            try:
-                os.unlink(self.info_file)
-            except OSError:
-                pass
+            Path(self.info_file).unlink(missing_ok=True)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()

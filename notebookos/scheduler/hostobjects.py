@@ -147,8 +147,9 @@ class HostObjects:
 class _ObjectsHandler(JSONHandler):
     owner: Any  # HostDaemon
 
-    def prepare(self) -> None:  # authorised per kernel below (the Raft secret or the cluster token)
-        pass
+    def prepare(self) -> None:
+        """No cluster-token check here: each handler authorises per kernel (its Raft secret, or the cluster
+        token for other host daemons) through :meth:`HostObjects.authorize`."""
 
     @property
     def objects(self) -> HostObjects:

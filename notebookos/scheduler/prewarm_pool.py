@@ -8,6 +8,7 @@ replicas of the kernel that is starting (on our 2-core VM that ate the whole gai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
@@ -86,10 +87,8 @@ class PrewarmPool:
 
     def stop(self, grace: float = 3.0) -> None:
         for process in self.waiting:
-            try:
+            with contextlib.suppress(OSError):  # already gone
                 process.stdin.close()  # a waiting process exits when its stdin closes
-            except OSError:
-                pass
         deadline = time.monotonic() + grace
         for process in self.waiting:
             try:

@@ -58,6 +58,7 @@ import signal
 import sys
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from tornado import web
@@ -272,10 +273,7 @@ class SchedulerService(Application):
             except Exception:
                 self.log.exception("stopping the host provider's hosts")
         if self.info_file:
-            try:
-                os.unlink(self.info_file)
-            except OSError:
-                pass
+            Path(self.info_file).unlink(missing_ok=True)
 
     async def serve(self) -> None:
         """Run until SIGINT/SIGTERM."""

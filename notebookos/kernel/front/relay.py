@@ -162,13 +162,9 @@ class Relay:
     async def _error_reply(self, channel: str, msg: WireMessage, ename: str, evalue: str,
                            status: str = "error") -> None:
         """Answer a request from the front with an error, wrapped in busy/idle like a kernel would."""
-        await self._send_client("iopub", "status", {"execution_state": "busy"}, msg)
         content: dict[str, Any] = {"status": status}
         if status == "error":
             content.update(ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
-            if msg.msg_type == "execute_request":
-                await self._send_client("iopub", "error", {k: content[k] for k in ("ename", "evalue", "traceback")},
-                                        msg)
         if msg.msg_type == "execute_request":
             content.setdefault("execution_count", None)
         if msg.msg_type == "kernel_info_request":
@@ -177,9 +173,9 @@ class Relay:
             content.update(protocol_version=jupyter_protocol_version, implementation="notebookos",
                            implementation_version="", banner=f"{ename}: {evalue}",
                            language_info={"name": "python"}, help_links=[])
-        reply_type = msg.msg_type.replace("_request", "_reply")
-        await self._send_client(channel, reply_type, content, msg, idents=msg.idents)
-        await self._send_client("iopub", "status", {"execution_state": "idle"}, msg)
+        shown = status == "error" and msg.msg_type == "execute_request"  # a failed cell also shows its error
+        await self._answer(channel, msg, content, {k: content[k] for k in ("ename", "evalue", "traceback")}
+                           if shown else None)
 
     # -- client side -------------------------------------------------------------------------------------------
     async def _client_loop(self, channel: str, handler) -> None:
@@ -366,10 +362,17 @@ class Relay:
         content = reply_without_replica(msg.msg_type, msg.content) if self.per_cell is not None else None
         if content is None:
             return False
+        await self._answer(channel, msg, content)
+        return True
+
+    async def _answer(self, channel: str, msg: WireMessage, content: dict[str, Any],
+                      error: dict[str, Any] | None = None) -> None:
+        """The front's own reply to ``msg``, between busy and idle like a kernel's (with an iopub error first)."""
         await self._send_client("iopub", "status", {"execution_state": "busy"}, msg)
+        if error is not None:
+            await self._send_client("iopub", "error", error, msg)
         await self._send_client(channel, msg.msg_type.replace("_request", "_reply"), content, msg, idents=msg.idents)
         await self._send_client("iopub", "status", {"execution_state": "idle"}, msg)
-        return True
 
     async def _shutdown(self, msg: WireMessage) -> None:
         target = self.primary()

@@ -10,6 +10,7 @@ from a snapshot plus the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -243,12 +244,11 @@ class Supervisor:
         certain from the exit; a cell waiting to commit on a survivor would wait as long.
         """
         survivors = [h for h in self.live if h.member]
-        replies = await asyncio.gather(*(self.request(h, protocol.STATUS_REQUEST, {}, timeout=1.0) for h in survivors),
-                                       return_exceptions=True)
-        known = [(r, h) for r, h in zip(replies, survivors, strict=True) if isinstance(r, dict) and r.get("raft_last_log")]
-        if not any(r.get("raft_leader") == dead.raft_address for r, _ in known):
+        await asyncio.gather(*(self._poll_one(h) for h in survivors))
+        known = [h for h in survivors if h.status.get("raft_last_log")]
+        if not any(h.status.get("raft_leader") == dead.raft_address for h in known):
             return
-        _, best = max(known, key=lambda rh: tuple(rh[0]["raft_last_log"]))
+        best = max(known, key=lambda h: tuple(h.status["raft_last_log"]))
         log.info("replica %d led the Raft group: replica %d stands for election now", dead.id, best.id)
         try:
             await self.request(best, protocol.MEMBERSHIP_REQUEST, {"op": "campaign"}, timeout=2.0)
@@ -261,10 +261,9 @@ class Supervisor:
             await asyncio.sleep(interval)
 
     async def _poll_one(self, handle: ReplicaHandle) -> None:
-        try:
+        """Refresh ``handle.status``; a replica that does not answer in time keeps its last one."""
+        with contextlib.suppress(TimeoutError):
             handle.status = await self.request(handle, protocol.STATUS_REQUEST, {}, timeout=2.0)
-        except TimeoutError:
-            pass
 
     async def replace(self, dead: ReplicaHandle, attempts: int = 5) -> ReplicaHandle | None:
         """Take a dead replica out of the Raft group and start a new one that joins and catches up.
@@ -358,10 +357,7 @@ class Supervisor:
             self._replacing = False
 
     async def _leads(self, handle: ReplicaHandle) -> bool:
-        try:
-            handle.status = await self.request(handle, protocol.STATUS_REQUEST, {}, timeout=2.0)
-        except TimeoutError:
-            return False
+        await self._poll_one(handle)
         return handle.status.get("raft_role") == "leader"
 
     # -- teardown ----------------------------------------------------------------------------------------------

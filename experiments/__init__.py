@@ -1,0 +1,1 @@
+"""Bundled experiments that reproduce research systems on the notebookos platform (see experiments/README.md)."""

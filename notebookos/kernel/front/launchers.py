@@ -70,6 +70,10 @@ class ReplicaLauncher(abc.ABC):
     def exit_code(self, launched: Launched) -> int | None:
         """The process's exit code if it has ended, else None (from the launcher's latest knowledge)."""
 
+    def exit_details(self, launched: Launched) -> str:
+        """What the ended process last wrote, for the front's log ("" when this launcher cannot see it)."""
+        return ""
+
     async def refresh(self) -> None:  # noqa: B027 - launchers that learn liveness remotely override it
         """Update what ``exit_code`` knows (a remote launcher asks its host daemons)."""
 
@@ -110,14 +114,23 @@ class LocalLauncher(ReplicaLauncher):
     async def launch(self, spec: LaunchSpec) -> Launched:
         conn_file, config_file = write_launch_files(spec)
         env = {**os.environ, **spec.env}
-        with open(spec.runtime_dir / f"replica-{spec.replica_id}.log", "ab") as log_file:
+        log_path = spec.runtime_dir / f"replica-{spec.replica_id}.log"
+        with open(log_path, "ab") as log_file:
             process = subprocess.Popen(replica_command(conn_file, config_file), env=env, stdin=subprocess.DEVNULL,
                                        stdout=log_file, stderr=log_file, preexec_fn=kill_with_parent,
                                        cwd=os.getcwd())
-        return Launched(process.pid, spec.connection["ip"], {"process": process})
+        return Launched(process.pid, spec.connection["ip"], {"process": process, "log": log_path})
 
     def exit_code(self, launched: Launched) -> int | None:
         return launched.state["process"].poll()
+
+    def exit_details(self, launched: Launched, lines: int = 12) -> str:
+        # The runtime directory goes when the kernel shuts down; the front's log is what remains of a crash.
+        try:
+            tail = launched.state["log"].read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "\n".join(tail)
 
     async def terminate(self, launched: Launched) -> None:
         if launched.state["process"].poll() is None:

@@ -391,7 +391,8 @@ class Relay:
         """Admin/test request: every live replica's digest of each replicated name, computed from its namespace."""
         live = self.supervisor.live
         replies = await asyncio.gather(
-            *(self.supervisor.request(h, protocol.DIGEST_REQUEST, {}, timeout=30.0) for h in live),
+            # Well inside a client's patience: a replica that dies meanwhile is reported, not waited for.
+            *(self.supervisor.request(h, protocol.DIGEST_REQUEST, {}, timeout=10.0) for h in live),
             return_exceptions=True)
         content = {"status": "ok", "replicas": {
             str(h.id): (r if isinstance(r, dict) else {"error": repr(r)}) for h, r in zip(live, replies, strict=True)}}

@@ -228,7 +228,9 @@ class Supervisor:
             code = self.launcher.exit_code(handle.launched) if handle.alive and handle.launched else None
             if code is not None:
                 handle.alive = False
-                log.warning("replica %d (pid %s) exited with %s", handle.id, handle.pid, code)
+                details = self.launcher.exit_details(handle.launched) if code != 0 else ""
+                log.warning("replica %d (pid %s) exited with %s%s", handle.id, handle.pid, code,
+                            f"; the end of its log:\n{details}" if details else "")
                 if handle.member:
                     self._tasks.add(task := asyncio.ensure_future(self.elect_successor(handle)))
                     task.add_done_callback(self._tasks.discard)

@@ -197,3 +197,45 @@ def test_a_taken_raft_port_fails_fast_with_a_clear_error():
         assert time.monotonic() - started < 10
     finally:
         squatter.close()
+
+
+def test_replacements_after_a_snapshot_keep_quorum_through_successive_losses():
+    """Each newcomer installs a snapshot taken before the newer members joined; it must still know them.
+
+    PySyncObj restores the membership stored in a snapshot. A second replacement would then forget the first
+    (which joined after the snapshot), and losing one more original member would leave no quorum.
+    """
+    # One compaction, early: later snapshots would carry the newer membership and hide the problem.
+    tuning = RaftTuning(compaction_min_entries=20, compaction_min_time=3600)
+    ports = free_ports(6)
+    addresses = [f"127.0.0.1:{p}" for p in ports[:3]]
+    nodes = [Node(a, addresses, tuning=tuning) for a in addresses]
+    spare = [f"127.0.0.1:{p}" for p in ports[3:]]
+    value = 0
+
+    async def commit(node, n):
+        nonlocal value
+        for _ in range(n):
+            value += 1
+            await node.raft.commit_cell(entry(value), timeout=10)
+
+    try:
+        assert nodes[0].raft.wait_leader(15)
+        asyncio.run(commit(nodes[0], 22))
+        for _ in range(3):  # replace every original member, one at a time, as the front does after each loss
+            dead = nodes.pop(0)
+            dead.raft.destroy()
+            survivor = nodes[0]
+            assert wait(lambda s=survivor: s.raft.has_leader() and s.raft.status()["has_quorum"], 20)
+            asyncio.run(survivor.raft.remove_member(dead.raft.address, timeout=10))
+            newcomer = Node(spare.pop(0), [n.raft.address for n in nodes], tuning=tuning)
+            asyncio.run(survivor.raft.add_member(newcomer.raft.address, timeout=10))
+            nodes.append(newcomer)
+            assert wait(lambda n=newcomer: n.log.records.get("x") == value, 20)
+            current = sorted(n.raft.address for n in nodes)
+            assert wait(lambda c=current: all(n.raft.status()["members"] == c for n in nodes), 10), \
+                [n.raft.status()["members"] for n in nodes]
+            asyncio.run(commit(survivor, 2))
+    finally:
+        for n in nodes:
+            n.raft.destroy()

@@ -154,6 +154,21 @@ class _CellSyncObj(SyncObj):
         need_send = SyncObj._SyncObj__applyLogEntries(self)
         return need_send and not self.hold_commit_notice
 
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
+        """Install a snapshot without forgetting the peers this node knows now.
+
+        PySyncObj replaces the membership with the one stored in the snapshot. A replacement replica that joins
+        after log compaction receives a snapshot taken before it and its current peers were added, so it would
+        drop the leader that is feeding it the rest of the log and stay stuck at the snapshot's index: one more
+        replica loss would then leave the group without quorum. Keeping the union is safe because the entries
+        after the snapshot replay every add and remove since, and a remove of a peer we kept applies as usual.
+        """
+        known = set(self._SyncObj__otherNodes)
+        SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+        restored = set(self._SyncObj__otherNodes)
+        if known - restored:
+            self._SyncObj__updateClusterConfiguration(restored | known)
+
 
 @dataclass
 class RaftTuning:

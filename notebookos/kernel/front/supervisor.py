@@ -228,7 +228,8 @@ class Supervisor:
             code = self.launcher.exit_code(handle.launched) if handle.alive and handle.launched else None
             if code is not None:
                 handle.alive = False
-                details = self.launcher.exit_details(handle.launched) if code != 0 else ""
+                # A signal (our own kill, a test's SIGKILL) leaves nothing useful in the log; an error exit does.
+                details = self.launcher.exit_details(handle.launched) if code > 0 else ""
                 log.warning("replica %d (pid %s) exited with %s%s", handle.id, handle.pid, code,
                             f"; the end of its log:\n{details}" if details else "")
                 if handle.member:

@@ -132,16 +132,14 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .experiment import run_experiment
+    from .experiment import check_names, run_experiment
 
     attacks = [a for a in args.attacks.split(",") if a]
     mitigations = [m for m in args.mitigations.split(",") if m]
-    for attack in attacks:
-        if attack not in ALL_ATTACKS:
-            raise CliError(f"unknown attack {attack!r}; choose from {', '.join(ALL_ATTACKS)}")
-    for mitigation in mitigations:
-        if mitigation not in MITIGATIONS:
-            raise CliError(f"unknown mitigation {mitigation!r}; choose from {', '.join(MITIGATIONS)}")
+    try:  # before any key file is read or index built
+        check_names(attacks, mitigations)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     label, bulk, legit = _keys_for(args)
     rows = run_experiment(label, args.n_bulk, args.n_inserts, attacks, mitigations,
                           seed=args.seed, cap_factor=args.cap_factor, progress=args.progress, bulk_keys=bulk,

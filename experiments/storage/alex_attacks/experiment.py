@@ -25,7 +25,7 @@ from .attacks import ALL_ATTACKS, ATTACKS, make_attack
 from .datasets import make_dataset
 from .mitigations import MITIGATIONS, alex_factory
 
-__all__ = ["measure", "run_experiment", "COUNTER_FIELDS"]
+__all__ = ["measure", "run_experiment", "check_names", "COUNTER_FIELDS"]
 
 COUNTER_FIELDS = ("inserts", "shifts", "search_steps", "model_retrains", "expansions", "sideways_splits",
                   "downward_splits", "catastrophic_triggers")
@@ -171,6 +171,16 @@ def _compare(row: dict[str, Any], legit: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_names(attacks: Sequence[str], mitigations: Sequence[str]) -> None:
+    """Raise ValueError naming the first unknown attack or mitigation and the valid choices."""
+    for attack in attacks:
+        if attack not in ALL_ATTACKS:
+            raise ValueError(f"unknown attack {attack!r}; choose from {', '.join(ALL_ATTACKS)}")
+    for mitigation in mitigations:
+        if mitigation not in MITIGATIONS:
+            raise ValueError(f"unknown mitigation {mitigation!r}; choose from {', '.join(MITIGATIONS)}")
+
+
 def run_experiment(dataset: str, n_bulk: int, n_inserts: int, attacks: Sequence[str] = ATTACKS,
                    mitigations: Sequence[str] = ("none", "duplicate_aware", "max_retrains", "guard"), *,
                    seed: int = 0, cap_factor: float = 2.0, keep_series: bool = False, progress: bool = False,
@@ -185,12 +195,7 @@ def run_experiment(dataset: str, n_bulk: int, n_inserts: int, attacks: Sequence[
     the generated data set (e.g. a real file from :func:`.datasets.load_keys`) and ``legit_keys`` the generated
     legitimate workload; with both given, ``dataset`` is only a label.
     """
-    for attack in attacks:
-        if attack not in ALL_ATTACKS:
-            raise ValueError(f"unknown attack {attack!r}; choose from {', '.join(ALL_ATTACKS)}")
-    for mitigation in mitigations:
-        if mitigation not in MITIGATIONS:
-            raise ValueError(f"unknown mitigation {mitigation!r}; choose from {', '.join(MITIGATIONS)}")
+    check_names(attacks, mitigations)
     bulk = make_dataset(dataset, n_bulk, seed) if bulk_keys is None else np.asarray(bulk_keys, dtype=np.float64)
     if legit_keys is None:
         legit_keys = make_attack("legit", None, bulk, n_inserts, dataset=dataset, seed=seed)

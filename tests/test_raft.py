@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from notebookos.kernel.raft import CellLog, CommitError, RaftNode, RaftTuning
+from notebookos.kernel.celllog import CellLog
+from notebookos.kernel.consensus import CommitError, RaftNode, RaftTuning
 
 
 @dataclass
@@ -184,7 +185,7 @@ def test_a_node_without_the_secret_cannot_join_or_disturb():
 
 
 def test_a_taken_raft_port_fails_fast_with_a_clear_error():
-    from notebookos.kernel.raft import RaftBindError
+    from notebookos.kernel.consensus import RaftBindError
 
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", 0))

@@ -14,8 +14,8 @@ import queue
 import threading
 from typing import Any
 
+from .celllog import CommittedEvent
 from .namespace import CellDelta, NamespaceTracker
-from .raft import CommittedEvent
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ digest. When a cell rebinds or deletes a name (or a value is simply replaced by 
 in the store (on tmpfs by default, i.e. in memory) until the kernel ends: a training loop that rebinds a 1 GB model
 every cell would grow the store by 1 GB per cell.
 
-:class:`BlobLedger` is part of the replicated state (:class:`~notebookos.kernel.raft.CellLog` owns one), so every
+:class:`BlobLedger` is part of the replicated state (:class:`~notebookos.kernel.celllog.CellLog` owns one), so every
 replica agrees on it. It counts, per digest, the committed names and ``Out`` entries that refer to it; a digest whose
 count falls to zero becomes *garbage*. Deleting is done by the replica that runs the next cell, *before* that cell
 stores anything, and the digests it deleted travel in that cell's entry (``collected``), which takes them off the

@@ -28,9 +28,10 @@ from traitlets import Bool, Dict, DottedObjectName, Float, Int, List, Unicode
 from ..objectstore import load_store
 from . import protocol, tensors
 from .applier import Applier
+from .celllog import CellLog
+from .consensus import CommitError, RaftNode, RaftTuning
 from .devices import DeviceBinding
 from .namespace import NamespaceTracker, format_unserialisable_warning
-from .raft import CellLog, CommitError, RaftNode, RaftTuning
 from .serialize import namespace_digests
 
 

@@ -83,7 +83,8 @@ class Applier:
                 self._record_cell(entry["execution_count"], entry["code"], entry.get("code_parsed"), extras)
         elif event.kind == "snapshot":
             state = event.entry
-            await self.tracker.restore(state["records"])
+            pinned = {oid for ref in state["outputs"].values() for oid in ref.refs}
+            await self.tracker.restore(state["records"], state.get("nodes", {}), pinned)
             outputs = {}
             if state["outputs"]:
                 refs = {f"Out{n}": ref for n, ref in state["outputs"].items()}
@@ -110,10 +111,10 @@ class Applier:
             shell.displayhook.update_user_ns(extras["Out"])
         shell.execution_count = n + 1
 
-    def _reset_history(self, history: list[tuple[int, str]], outputs: dict[int, Any]) -> None:
+    def _reset_history(self, history: list[tuple], outputs: dict[int, Any]) -> None:
         hm = self.shell.history_manager
         del hm.input_hist_parsed[1:]
         del hm.input_hist_raw[1:]
         hm.output_hist.clear()
-        for n, code in history:
-            self._record_cell(n, code, None, {"Out": outputs[n]} if n in outputs else {})
+        for n, code, *parsed in history:  # snapshots from before the transformed code was kept have none
+            self._record_cell(n, code, parsed[0] if parsed else None, {"Out": outputs[n]} if n in outputs else {})

@@ -45,8 +45,10 @@ class CellLog(SyncObjConsumer):
         super().__init__()
         self.seq = 0
         self.execution_count = 0
-        self.records: dict[str, Any] = {}  # name -> namespace.ValueRef
-        self.history: list[tuple[int, str]] = []  # (execution_count, code) of stored cells
+        self.records: dict[str, Any] = {}  # name -> namespace.ValueRef of its binding
+        self.nodes: dict[str, Any] = {}  # oid -> graph.NodeRecord: the objects the names and outputs reach
+        # (execution_count, raw code, transformed code or None) of stored cells
+        self.history: list[tuple[int, str, str | None]] = []
         self.outputs: dict[int, Any] = {}  # execution_count -> ValueRef of Out[n]
         self.recent_entries: dict[str, int] = {}  # entry_id -> seq, so a retried proposal applies once
         self.blobs = BlobLedger()  # which object-store blobs the committed refs use (see garbage.py)
@@ -70,9 +72,19 @@ class CellLog(SyncObjConsumer):
                 self.records[name] = ref
             for name in list(delta.deleted) + list(delta.unserialisable):
                 self.blobs.rebind(self.records.pop(name, None), None, self.seq)
+            for oid, record in delta.nodes.items():
+                old = self.nodes.get(oid)
+                self.blobs.rebind(old.ctor if old is not None else None, record.ctor, self.seq)
+                self.blobs.rebind(old.body if old is not None else None, record.body, self.seq)
+                self.nodes[oid] = record
+            for oid in delta.dropped:
+                old = self.nodes.pop(oid, None)
+                if old is not None:
+                    self.blobs.rebind(old.ctor, None, self.seq)
+                    self.blobs.rebind(old.body, None, self.seq)
             if entry.get("store_history"):
                 self.execution_count = entry["execution_count"]
-                self.history.append((entry["execution_count"], entry["code"]))
+                self.history.append((entry["execution_count"], entry["code"], entry.get("code_parsed")))
                 out = delta.extras.get("Out")
                 if out is not None:
                     self.blobs.rebind(self.outputs.get(entry["execution_count"]), out, self.seq)
@@ -96,6 +108,7 @@ class CellLog(SyncObjConsumer):
             "seq": self.seq,
             "execution_count": self.execution_count,
             "records": dict(self.records),
+            "nodes": dict(self.nodes),
             "history": list(self.history),
             "outputs": dict(self.outputs),
             "recent_entries": dict(self.recent_entries),
@@ -106,10 +119,12 @@ class CellLog(SyncObjConsumer):
         self.seq = data["seq"]
         self.execution_count = data["execution_count"]
         self.records = dict(data["records"])
+        self.nodes = dict(data.get("nodes", {}))
         self.history = list(data["history"])
         self.outputs = dict(data["outputs"])
         self.recent_entries = dict(data.get("recent_entries", {}))
         with self._lock:
-            self.blobs = BlobLedger.from_state([*self.records.values(), *self.outputs.values()],
+            parts = [p for r in self.nodes.values() for p in (r.ctor, r.body) if p is not None]
+            self.blobs = BlobLedger.from_state([*self.records.values(), *self.outputs.values(), *parts],
                                                data.get("garbage", {}))
         self._on_commit(CommittedEvent("snapshot", self.seq, self._serialize()))

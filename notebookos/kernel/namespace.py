@@ -1,47 +1,44 @@
 """A kernel's replicated state: what a cell did to the user namespace, as a delta, and applying it elsewhere.
 
-The replica that ran a cell calls :meth:`NamespaceTracker.capture`; the :class:`CellDelta` it returns goes
-into the Raft log; every other replica calls :meth:`NamespaceTracker.apply` on it, after which their
-namespaces hold the same values. Values whose serialised size exceeds :data:`INLINE_LIMIT` (or that would take
-a delta past :data:`INLINE_BUDGET` in-band bytes) go to the object store and the delta carries only their
-digest. :meth:`~NamespaceTracker.records` and :meth:`~NamespaceTracker.restore` do the same for a whole
-namespace (Raft snapshots, a replica catching up).
+The replica that ran a cell calls :meth:`NamespaceTracker.capture`; the :class:`CellDelta` it returns goes into
+the Raft log; every other replica calls :meth:`NamespaceTracker.apply` on it, after which their namespaces hold
+the same object graph: the same values, and the same objects shared between names, containers and cells (an
+optimiser holds its model's parameters on every replica, not copies). ``graph.py`` says how: every mutable
+object reachable from the namespace is a *node* with an id all replicas share, and a delta carries the records of
+the nodes that are new or changed, each referring to other nodes by id. A name is bound to a small pickle of its
+value in which nodes are ids. Records whose serialised size exceeds :data:`INLINE_LIMIT` (or that would take a
+delta past :data:`INLINE_BUDGET` in-band bytes) go to the object store and the delta carries only their digest.
+:meth:`~NamespaceTracker.restore` makes a namespace match a snapshot of every committed name and node.
 
-Finding what a cell changed without serialising the whole namespace after every cell: the *candidates* are
-new, deleted and rebound names (``id`` changed), every identifier in the cell's code, every global read or
-written by a cell-defined function or class the cell mentions (transitively), and every value whose last
-serialised size was under :data:`REHASH_LIMIT`. Each candidate is serialised and its digest compared with the
-last one; only changes are shipped.
+Finding what a cell changed without walking the whole graph after every cell: the walk starts from the
+*candidate* names: new, deleted and rebound names, every identifier in the cell's code, every global read or
+written by a cell-defined function or class the cell mentions (transitively), and every name whose graph was
+small (under :data:`REHASH_LIMIT` bytes of records) when last walked. Everything reachable from a candidate is
+re-examined: torch tensors by their version counter and data pointer (exact, free), everything else by the
+digest of its record, so a mutation anywhere under a candidate is found, however deep (``d["a"][0] = 1`` with
+``d`` mentioned ships the array behind ``d["a"]``).
 
-Limitations (what a follower can miss or get differently):
+What a follower can still miss (each listed in the README, with a test):
 
-* A large value (>= ``rehash_limit``) that keeps its ``id``, is not mentioned by the cell and is not a global
-  of a cell-defined function the cell calls is assumed unchanged. A mutation reaching it another way is not
-  replicated: through another container (``d = {"a": big}``, then ``d["a"][0] = 1`` ships ``d`` but not
-  ``big``), through a function stored in a container or defined outside the notebook, from a thread, etc.
-* For values that cannot be weak-referenced (lists, dicts, tuples) "same id" is the only rebinding test; if
-  such a large value is freed and a new one is created at the same address under the same name without the
-  cell naming it, the change is missed.
-* Each name is serialised on its own. Two names bound to the *same* object stay one object on the followers
-  (``b = a``; the cell's ``Out`` value), but objects shared *inside* two values do not: an optimiser holding a
-  model's parameters gets its own copies on a follower.
+* A mutation of an object reachable *only* from names the cell does not mention, whose graph is large, and not
+  through a cell-defined function the cell calls: e.g. a library function given a big array through a
+  container held by another object. The cell's output names nothing in that case; mention the name (a bare
+  ``big`` line) to have it re-examined.
+* In-place writes to a tensor's memory that bypass its version counter (``t.data.add_(1)``, a write through
+  ``t.numpy()``) when the cell does not mention a name that reaches it *and* its version did not change: the
+  tensor is assumed unchanged.
 * Unserialisable values (open files, sockets, locks, generators, threads...) are not replicated; the cell's
   output warns about them (:func:`format_unserialisable_warning`) and followers drop their stale value of that
-  name.
-* Pickles are not perfectly canonical (string identity in the pickle memo, set order under different hash
-  seeds), so after a failover the new executor may ship a few unchanged values once more. Harmless, only
-  bytes.
+  name. Tensor gradients (``.grad``) are not part of a tensor's record.
 
 A tracker is not thread-safe; use it from one thread at a time.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
+import asyncio
 import logging
 import re
-import sys
 import types
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Set
@@ -49,7 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..objectstore.base import ObjectNotFound, ObjectStore, as_bytes_view, content_digest
-from . import serialize
+from . import graph, serialize
+from .graph import NodeRecord, ObjectTable
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +55,8 @@ INLINE_LIMIT = 1 << 20  # values whose serialised size exceeds this go to the ob
 # In-band bytes one delta may carry; further changed values go to the object store even if small, because a
 # Raft entry's commit time grows with its size (~15 ms per MB with PySyncObj) and blocks the next cell.
 INLINE_BUDGET = 4 << 20
-REHASH_LIMIT = 64 << 10  # values smaller than this are re-fingerprinted after every cell
+REHASH_LIMIT = 64 << 10  # names whose graph's records are smaller than this are re-examined after every cell
+REHASH_NODES = 64  # ... and that have at most this many nodes
 
 # IPython keeps these itself (In/Out are replicated by the kernel from the cell history).
 IPYTHON_NAMES = frozenset(
@@ -72,31 +71,32 @@ _MISSING = object()
 
 @dataclass
 class ValueRef:
-    """How one value travels in a Raft entry: small and picklable.
+    """One serialised value in a Raft entry: a name's binding, or one part of a node's record.
 
-    ``alias_of`` names a namespace name bound to the *same object* on the replica that made the ref; a replica
-    applying it binds that object instead of loading a copy, provided it holds the same content there
-    (otherwise it loads the ref like any other).
+    ``refs`` are the node ids the value refers to (for a binding; a record lists them itself).
     """
 
-    kind: str  # "inline" | "blob" | "module"
-    digest: str  # content digest (for module: the module name)
-    data: bytes | None = field(default=None, repr=False)  # inline: the pickle bytes (in-band, protocol 5)
+    kind: str  # "inline" | "blob"
+    digest: str  # content digest
+    data: bytes | None = field(default=None, repr=False)  # inline: the pickle bytes
     size: int = 0
-    alias_of: str | None = None
+    buffers: list[bytes] | None = field(default=None, repr=False)  # inline: out-of-band buffers, if any
+    refs: tuple[str, ...] = ()
 
 
 @dataclass
 class CellDelta:
     """A cell's effect on the namespace."""
 
-    updated: dict[str, ValueRef]  # new or changed names
+    updated: dict[str, ValueRef]  # new or rebound names
     deleted: list[str]
     # name -> reason. Not replicated; followers drop any stale value of these names.
     unserialisable: dict[str, str]
     # Values the caller asked to carry that are not namespace names (e.g. the cell's Out value).
     extras: dict[str, ValueRef]
     unserialisable_extras: dict[str, str] = field(default_factory=dict)
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)  # new or changed nodes
+    dropped: list[str] = field(default_factory=list)  # nodes nothing refers to any more
 
 
 def is_replicated_name(name: Any, user_ns: Mapping[str, Any] | None = None, hidden: Any = ()) -> bool:
@@ -121,51 +121,41 @@ def format_unserialisable_warning(unserialisable: dict[str, str]) -> str:
 
 
 @dataclass(slots=True)
-class _Entry:
+class _Binding:
     """What the tracker last knew of one name."""
 
     obj_id: int
     type_: type
     wref: weakref.ref | None
-    ref: (
-        ValueRef | None
-    )  # without alias_of; None: not replicated (unserialisable, or primed and never shipped)
-    size: int = -1
+    ref: ValueRef | None  # None: not replicated (unserialisable, or primed and never shipped)
     reason: str | None = None  # why it could not be serialised
     primed: bool = False  # present since prime(): this replica's own, never replicated
+    small: bool = True  # its graph is cheap enough to re-examine after every cell
 
     def same_object(self, obj: Any) -> bool:
         if id(obj) != self.obj_id or type(obj) is not self.type_:
             return False
         return self.wref is None or self.wref() is obj
 
-    def holds(self, ref: ValueRef) -> bool:
-        # Digest only: the same content may travel inline once and as a blob another time (INLINE_BUDGET).
-        return self.ref is not None and self.ref.digest == ref.digest
 
-
-def _new_entry(
-    obj: Any, ref: ValueRef | None = None, *, reason: str | None = None, primed: bool = False
-) -> _Entry:
+def _binding(obj: Any, ref: ValueRef | None = None, *, reason: str | None = None, primed: bool = False,
+             small: bool = True) -> _Binding:
     try:
         wref = weakref.ref(obj)
     except TypeError:
         wref = None
-    if ref is not None and ref.alias_of is not None:
-        ref = dataclasses.replace(ref, alias_of=None)
-    return _Entry(id(obj), type(obj), wref, ref, ref.size if ref is not None else -1, reason, primed)
+    return _Binding(id(obj), type(obj), wref, ref, reason, primed, small)
 
 
 @dataclass
 class _Serialised:
-    """One value serialised during a capture (shared by every name bound to the same object)."""
+    """A value serialised during a capture, until it is shipped."""
 
-    obj: Any
-    ref: ValueRef | None = None
-    reason: str | None = None
-    # Inline values, until shipped: the out-of-band pickle (the data itself if there are no buffers), buffers.
-    header: bytes | None = None
-    buffers: list[memoryview] = field(default_factory=list)
+    header: bytes
+    buffers: list[memoryview]
+    refs: tuple[str, ...]
+    digest: str
+    size: int
 
 
 def _code_names(code: types.CodeType) -> Iterator[str]:
@@ -173,6 +163,17 @@ def _code_names(code: types.CodeType) -> Iterator[str]:
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             yield from _code_names(const)
+
+
+class _Walk:
+    """One capture's walk over the nodes reachable from its candidates."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.changed: dict[str, tuple[_Serialised, _Serialised | None, NodeRecord]] = {}
+        self.failed: dict[str, str] = {}  # oid -> reason
+        self.parents: dict[str, set[str]] = {}  # child oid -> the oids whose records refer to it
+        self.new: set[str] = set()  # oids allocated during this walk
 
 
 class NamespaceTracker:
@@ -194,12 +195,16 @@ class NamespaceTracker:
         self.inline_limit = inline_limit
         self.rehash_limit = rehash_limit
         self.inline_budget = inline_budget
-        #: name -> reason, for values the last apply/restore could not materialise (the name is left unbound).
+        #: what -> reason, for values the last apply/restore could not materialise (names are left unbound).
         self.apply_errors: dict[str, str] = {}
         #: name -> digest of a blob the store no longer has (collected as garbage, see garbage.py). Only a replica
         #: behind the log sees this, and a later entry it has yet to apply rebinds or deletes the name.
         self.missing: dict[str, str] = {}
-        self._entries: dict[str, _Entry] = {}
+        self.table = ObjectTable()
+        self._bindings: dict[str, _Binding] = {}
+        self._pinned: set[str] = set()  # nodes the extras (Out values) keep alive
+        self._missing_nodes: dict[str, str] = {}  # oid -> digest of its missing blob
+        self._blamed: list[str] = []  # failed nodes already reported under a name
 
     # -- shared ----------------------------------------------------------------------------------------------
     def _names(self) -> list[str]:
@@ -210,131 +215,251 @@ class NamespaceTracker:
         """Take the current namespace as this replica's own starting point: nothing in it is shipped unless a
         cell rebinds or mentions it."""
         ns = self.user_ns
-        self._entries = {n: _new_entry(ns[n], primed=True) for n in self._names()}
+        self._bindings = {n: _binding(ns[n], primed=True) for n in self._names()}
 
     def records(self) -> dict[str, ValueRef]:
-        """The replicated names as refs, as of the last capture/apply/restore (for Raft snapshots)."""
+        """The replicated names' bindings, as of the last capture/apply/restore."""
         ns = self.user_ns
-        live = {
-            n: e for n, e in self._entries.items() if e.ref is not None and e.same_object(ns.get(n, _MISSING))
-        }
-        groups: dict[int, list[str]] = {}
-        for n, e in live.items():
-            if e.ref.kind != "module":
-                groups.setdefault(e.obj_id, []).append(n)
-        out = {}
-        for n in sorted(live):
-            e = live[n]
-            group = groups.get(e.obj_id, ())
-            first = min(group) if len(group) > 1 else n
-            out[n] = e.ref if first == n else dataclasses.replace(e.ref, alias_of=first)
-        return out
+        return {n: b.ref for n, b in sorted(self._bindings.items())
+                if b.ref is not None and b.same_object(ns.get(n, _MISSING))}
+
+    def node_records(self) -> dict[str, NodeRecord]:
+        """Every node's record, as of the last capture/apply/restore."""
+        return {oid: node.record for oid, node in self.table.nodes.items() if node.record is not None}
+
+    def _roots(self) -> set[str]:
+        roots = set(self._pinned)
+        for b in self._bindings.values():
+            if b.ref is not None:
+                roots.update(b.ref.refs)
+        return roots
 
     # -- leader ----------------------------------------------------------------------------------------------
     async def capture(self, code: str, extras: dict[str, object] | None = None) -> CellDelta:
         """What the cell that just ran (``code``) changed, and ``extras`` serialised alongside."""
         ns = self.user_ns
-        entries = self._entries
+        bindings = self._bindings
         names = self._names()
         current = set(names)
-        deleted = sorted(n for n in entries if n not in current)
+        deleted = sorted(n for n in bindings if n not in current)
         mentioned = self._mentioned(code or "")
+        candidates = [
+            n for n in names
+            if (b := bindings.get(n)) is None or not b.same_object(ns[n]) or n in mentioned
+            or (b.ref is not None and b.small)
+        ]
 
-        candidates = []
-        for n in names:
-            e = entries.get(n)
-            if (
-                e is None
-                or not e.same_object(ns[n])
-                or n in mentioned
-                or (e.ref is not None and e.ref.kind != "module" and e.size < self.rehash_limit)
-            ):
-                candidates.append(n)
-
-        cache: dict[int, _Serialised] = {}
-        sers: dict[str, _Serialised] = {}
+        walk = _Walk()
+        values: dict[str, _Serialised] = {}
+        reasons: dict[str, str] = {}
         for n in candidates:
-            sers[n] = await self._serialise(ns[n], cache)
-        unserialisable = {n: s.reason for n, s in sers.items() if s.reason is not None}
-        # A rebound name is shipped even with equal content: on the followers it may still be the same object
-        # as another name (``b = a`` earlier, ``b = list(a)`` now).
-        changed = {
-            n
-            for n, s in sers.items()
-            if s.ref is not None
-            and (n not in entries or not entries[n].holds(s.ref) or not entries[n].same_object(ns[n]))
-        }
-
-        # Names bound to one object must stay one object on the followers.
-        by_id: dict[int, list[str]] = {}
-        for n in names:
-            if not isinstance(ns[n], types.ModuleType):
-                by_id.setdefault(id(ns[n]), []).append(n)
-        aliases: dict[str, str] = {}
-        for group in by_id.values():
-            moved = [n for n in group if n in changed]
-            if len(group) < 2 or not moved:
+            try:
+                values[n] = self._serialise_value(ns[n])
+            except Exception as exc:  # pickling runs arbitrary user __reduce__ code
+                reasons[n] = serialize.unserialisable_reason(exc)
                 continue
-            s = sers[moved[0]]
-            kept = [n for n in group if n not in changed and n in entries and entries[n].holds(s.ref)]
-            if kept:
-                # b = a with a unchanged: b is bound to the follower's a.
-                for n in moved:
-                    aliases[n] = kept[0]
-            else:
-                # The object changed, so every name for it changed, including those that were not candidates.
-                for n in group:
-                    sers[n] = s
-                    changed.add(n)
-                    if n != group[0]:
-                        aliases[n] = group[0]
-
-        spent = [0]
-        updated: dict[str, ValueRef] = {}
-        for n in sorted(changed):
-            ref = await self._finish(sers[n], aliases.get(n), spent)
-            if ref is not None:
-                updated[n] = ref
-        for n, s in sers.items():
-            if s.reason is not None:  # including values the store refused just now
-                unserialisable[n] = s.reason
-
-        extra_refs: dict[str, ValueRef] = {}
+            self._walk(values[n].refs, walk)
+        extra_values: dict[str, _Serialised] = {}
         extra_reasons: dict[str, str] = {}
         for key, obj in (extras or {}).items():
-            s = await self._serialise(obj, cache)
-            if s.reason is not None:
-                extra_reasons[key] = s.reason
+            try:
+                extra_values[key] = self._serialise_value(obj)
+            except Exception as exc:
+                extra_reasons[key] = serialize.unserialisable_reason(exc)
                 continue
-            same = [
-                n
-                for n in by_id.get(id(obj), ())
-                if n in updated or (n in entries and entries[n].holds(s.ref))
-            ]
-            ref = await self._finish(s, same[0] if same else None, spent)
-            if ref is None:
-                extra_reasons[key] = s.reason
-            else:
-                extra_refs[key] = ref
+            self._walk(extra_values[key].refs, walk)
 
+        # A node that cannot be recorded spoils everything that reaches it in this walk.
+        spent = [0]
+        nodes: dict[str, NodeRecord] = {}
+        for oid, (ctor, body, record) in walk.changed.items():
+            if oid in walk.failed:
+                continue
+            try:
+                record.ctor = await self._ship(ctor, spent)
+                record.body = await self._ship(body, spent) if body is not None else None
+            except _StoreRefused as exc:
+                walk.failed[oid] = exc.reason
+                continue
+            nodes[oid] = record
+        spoiled = self._spoiled(walk)
+        if spoiled:
+            nodes = {oid: r for oid, r in nodes.items() if oid not in spoiled}
+            for n, v in list(values.items()):
+                if any(o in spoiled for o in v.refs):
+                    reasons[n] = self._reason(v.refs, walk)
+                    del values[n]
+            for key, v in list(extra_values.items()):
+                if any(o in spoiled for o in v.refs):
+                    extra_reasons[key] = self._reason(v.refs, walk)
+                    del extra_values[key]
+
+        updated: dict[str, ValueRef] = {}
+        for n, v in values.items():
+            b = bindings.get(n)
+            if b is None or b.ref is None or b.ref.digest != v.digest or not b.same_object(ns[n]):
+                try:
+                    updated[n] = await self._ship(v, spent)
+                except _StoreRefused as exc:
+                    reasons[n] = exc.reason
+        extra_refs: dict[str, ValueRef] = {}
+        for key, v in extra_values.items():
+            try:
+                extra_refs[key] = await self._ship(v, spent)
+            except _StoreRefused as exc:
+                extra_reasons[key] = exc.reason
+
+        # Commit the walk to the table and the bindings; sweep if an edge may have gone.
+        sweep = bool(deleted or reasons or walk.new - nodes.keys())
+        for oid, record in nodes.items():
+            node = self.table.nodes[oid]
+            if node.record is not None and not set(node.record.refs).issubset(record.refs):
+                sweep = True
+            node.record = record
+            node.signal = graph._signal_of(node.obj)
         for n in deleted:
-            del entries[n]
-        for n, s in sers.items():
-            obj = ns[n]
-            if s.reason is not None:
-                entries[n] = _new_entry(obj, reason=s.reason)
-            elif n in updated:
-                entries[n] = _new_entry(obj, updated[n])
-            else:
-                # Unchanged content: keep the old ref (its inline data is already computed).
-                entries[n] = _new_entry(obj, entries[n].ref)
-        return CellDelta(
-            updated=updated,
-            deleted=deleted,
-            unserialisable=unserialisable,
-            extras=extra_refs,
-            unserialisable_extras=extra_reasons,
-        )
+            del bindings[n]
+        for n in reasons:
+            b = bindings.get(n)
+            sweep = sweep or (b is not None and b.ref is not None and bool(b.ref.refs))
+            bindings[n] = _binding(ns[n], reason=reasons[n])
+        for n in values:
+            if n in reasons:
+                continue
+            b = bindings.get(n)
+            ref = updated.get(n) or (b.ref if b is not None else None)
+            if b is not None and b.ref is not None and not set(b.ref.refs).issubset(ref.refs):
+                sweep = True
+            bindings[n] = _binding(ns[n], ref, small=self._is_small(ref.refs))
+        for ref in extra_refs.values():
+            self._pinned.update(ref.refs)
+        dropped: list[str] = []
+        if sweep:
+            gone = self.table.unreachable(self._roots())
+            self.table.drop(gone)
+            nodes = {oid: r for oid, r in nodes.items() if oid not in set(gone)}
+            dropped = sorted(oid for oid in gone if oid not in walk.new)  # followers never saw the others
+        return CellDelta(updated=updated, deleted=deleted, unserialisable=reasons, extras=extra_refs,
+                         unserialisable_extras=extra_reasons, nodes=nodes, dropped=dropped)
+
+    def _is_small(self, start: Iterable[str]) -> bool:
+        """Whether the graph under ``start`` is cheap enough to re-examine after every cell."""
+        nodes = self.table.nodes
+        seen: set[str] = set()
+        size = 0
+        work = list(start)
+        while work:
+            oid = work.pop()
+            if oid in seen or oid not in nodes:
+                continue
+            seen.add(oid)
+            record = nodes[oid].record
+            if record is None:
+                continue
+            size += record.ctor.size + (record.body.size if record.body is not None else 0)
+            if len(seen) > REHASH_NODES or size >= self.rehash_limit:
+                return False
+            work.extend(record.refs)
+        return True
+
+    def _reason(self, start: Iterable[str], walk: _Walk) -> str:
+        """Why a value reaching a failed node cannot be replicated: the first failure under it."""
+        children: dict[str, list[str]] = {}
+        for child, parents in walk.parents.items():
+            for p in parents:
+                children.setdefault(p, []).append(child)
+        seen: set[str] = set()
+        work = list(start)
+        while work:
+            oid = work.pop()
+            if oid in seen:
+                continue
+            seen.add(oid)
+            if oid in walk.failed:
+                return walk.failed[oid]
+            work.extend(children.get(oid, ()))
+        return "refers to a value that could not be serialised"
+
+    def _serialise_value(self, obj: Any) -> _Serialised:
+        header, buffers, refs = graph.dump_part(obj, self.user_ns, self.table, ())
+        return self._serialised(header, buffers, refs)
+
+    def _serialised(self, header: bytes, buffers: list, refs: tuple[str, ...]) -> _Serialised:
+        views = [as_bytes_view(b) for b in buffers]
+        size = len(header) + sum(v.nbytes for v in views)
+        return _Serialised(header, views, refs, content_digest(header, views), size)
+
+    def _walk(self, start: Iterable[str], walk: _Walk) -> None:
+        """Examine every node reachable from ``start`` not yet seen in this walk."""
+        table = self.table
+        work = [oid for oid in start]
+        while work:
+            oid = work.pop()
+            if oid in walk.seen:
+                continue
+            walk.seen.add(oid)
+            node = table.nodes[oid]
+            if node.record is None:
+                walk.new.add(oid)
+            try:
+                children = self._examine(oid, node, walk)
+            except Exception as exc:  # pickling runs arbitrary user __reduce__ code
+                walk.failed[oid] = serialize.unserialisable_reason(exc)
+                continue
+            for child in children:
+                walk.parents.setdefault(child, set()).add(oid)
+                if child not in walk.seen:
+                    work.append(child)
+
+    def _examine(self, oid: str, node: graph.Node, walk: _Walk) -> tuple[str, ...]:
+        """Re-reduce one node; note it in ``walk.changed`` if its record differs. Returns the oids it refers to."""
+        obj = node.obj
+        if node.record is not None and node.signal is not None and graph._signal_of(obj) == node.signal:
+            return node.record.refs
+        reduction = graph.reduce_node(obj, self._reducer())
+        ctor = self._serialised(*graph.dump_part(reduction.ctor, self.user_ns, self.table, reduction.transient))
+        body = None
+        if reduction.body is not None:
+            body = self._serialised(*graph.dump_part(reduction.body, self.user_ns, self.table, reduction.transient))
+        old = node.record
+        if old is None or old.ctor.digest != ctor.digest or (old.body is None) != (body is None) or (
+                body is not None and old.body.digest != body.digest):
+            record = NodeRecord(None, None, ctor.refs, body.refs if body is not None else ())
+            walk.changed[oid] = (ctor, body, record)
+        elif reduction.signal is not None:
+            node.signal = reduction.signal
+        return ctor.refs + (body.refs if body is not None else ())
+
+    def _reducer(self) -> serialize.NamespacePickler:
+        pickler = getattr(self, "_reducer_pickler", None)
+        if pickler is None:
+            pickler = self._reducer_pickler = serialize.NamespacePickler(_NullFile(), self.user_ns)
+        return pickler
+
+    def _spoiled(self, walk: _Walk) -> set[str]:
+        spoiled: set[str] = set()
+        work = list(walk.failed)
+        while work:
+            oid = work.pop()
+            if oid in spoiled:
+                continue
+            spoiled.add(oid)
+            work.extend(walk.parents.get(oid, ()))
+        return spoiled
+
+    async def _ship(self, v: _Serialised, spent: list[int]) -> ValueRef:
+        """The ref to put in the entry: inline bytes, or a blob the store now holds."""
+        if v.size <= self.inline_limit and spent[0] + v.size <= self.inline_budget:
+            spent[0] += v.size
+            buffers = [bytes(b) for b in v.buffers] or None
+            return ValueRef("inline", v.digest, v.header, v.size, buffers, v.refs)
+        try:
+            digest, size = await self.store.put(v.header, v.buffers)
+        except Exception as exc:
+            log.exception("object store %s refused a value", self.store.location)
+            raise _StoreRefused(
+                f"could not be written to the object store: {serialize.unserialisable_reason(exc)}") from exc
+        return ValueRef("blob", digest, None, size, None, v.refs)
 
     def _mentioned(self, code: str) -> set[str]:
         """Identifiers in the code, plus the globals that cell-defined functions and classes it names use."""
@@ -386,59 +511,6 @@ class NamespaceTracker:
                     if isinstance(f, types.FunctionType) and f.__globals__ is ns:
                         yield f.__code__
 
-    async def _serialise(self, obj: Any, cache: dict[int, _Serialised]) -> _Serialised:
-        s = cache.get(id(obj))
-        if s is not None:
-            return s
-        s = cache[id(obj)] = _Serialised(obj)
-        if isinstance(obj, types.ModuleType):
-            if sys.modules.get(obj.__name__) is obj:
-                s.ref = ValueRef("module", obj.__name__)
-            else:
-                s.reason = f"module {obj.__name__!r} cannot be imported by name"
-            return s
-        try:
-            header, buffers = serialize.dumps(obj, self.user_ns)
-        except Exception as exc:  # pickling runs arbitrary user __reduce__ code
-            s.reason = serialize.unserialisable_reason(exc)
-            return s
-        views = [as_bytes_view(b) for b in buffers]
-        size = len(header) + sum(v.nbytes for v in views)
-        if size <= self.inline_limit:
-            s.ref = ValueRef("inline", content_digest(header, views), None, size)
-            s.header, s.buffers = header, views
-            return s
-        await self._put(s, header, views)
-        return s
-
-    async def _put(self, s: _Serialised, header: bytes, views: list[memoryview]) -> None:
-        try:
-            digest, size = await self.store.put(header, views)
-        except Exception as exc:
-            log.exception("object store %s refused a value", self.store.location)
-            s.ref = None
-            s.reason = f"could not be written to the object store: {serialize.unserialisable_reason(exc)}"
-            return
-        s.ref = ValueRef("blob", digest, None, size)
-
-    async def _finish(self, s: _Serialised, alias_of: str | None, spent: list[int]) -> ValueRef | None:
-        """The ref to ship; inline pickle bytes are made only now, for values that changed.
-
-        ``spent[0]`` counts the delta's in-band bytes so far. None if the value could not be stored after all.
-        """
-        if s.ref.kind == "inline" and s.ref.data is None:
-            if spent[0] + s.ref.size > self.inline_budget:
-                await self._put(s, s.header, s.buffers)
-            else:
-                spent[0] += s.ref.size
-                s.ref.data = (
-                    serialize.dumps(s.obj, self.user_ns, out_of_band=False)[0] if s.buffers else s.header
-                )
-            s.header, s.buffers = None, []
-        if s.ref is None:
-            return None
-        return s.ref if alias_of is None else dataclasses.replace(s.ref, alias_of=alias_of)
-
     # -- followers -------------------------------------------------------------------------------------------
     async def apply(self, delta: CellDelta) -> dict[str, object]:
         """Make the namespace reflect ``delta``; return its extras, materialised."""
@@ -446,70 +518,82 @@ class NamespaceTracker:
         ns = self.user_ns
         for n in [*delta.deleted, *delta.unserialisable]:
             ns.pop(n, None)
-            self._entries.pop(n, None)
+            self._bindings.pop(n, None)
             self.missing.pop(n, None)
-        await self._bind_all(delta.updated, keep_current=False)
+        failed = await self._install(delta.nodes)
+        await self._bind_all(delta.updated, failed)
         extras: dict[str, object] = {}
         for key, ref in delta.extras.items():
-            obj = await self._resolve(ref, f"extra {key!r}")
+            obj = await self._resolve_value(ref, f"extra {key!r}", failed=failed)
             if obj is not _MISSING:
                 extras[key] = obj
+                self._pinned.update(ref.refs)
+        self._report(failed)
+        self.table.drop(delta.dropped)
+        for oid in delta.dropped:
+            self._missing_nodes.pop(oid, None)
         return extras
 
-    async def restore(self, records: dict[str, ValueRef]) -> None:
-        """Make the replicated names exactly ``records`` (as from :meth:`records` on another replica)."""
+    async def restore(self, records: dict[str, ValueRef], nodes: dict[str, NodeRecord] | None = None,
+                      pinned: Iterable[str] = ()) -> None:
+        """Make the replicated names and nodes exactly ``records`` and ``nodes`` (a snapshot of the log).
+
+        Nodes this replica already holds with the same record are kept as they are; changed ones are updated
+        in place; names the snapshot lacks go (except this replica's own, primed names).
+        """
         self.apply_errors = {}
         ns = self.user_ns
-        for n, e in list(self._entries.items()):
-            if n not in records and not e.primed:
+        nodes = nodes or {}
+        for n, b in list(self._bindings.items()):
+            if n not in records and not b.primed:
                 ns.pop(n, None)
-                del self._entries[n]
+                del self._bindings[n]
         self.missing = {n: d for n, d in self.missing.items() if n in records}
-        await self._bind_all(records, keep_current=True)
+        stale = [oid for oid in self.table.nodes if oid not in nodes]
+        self.table.drop(stale)
+        changed = {oid: r for oid, r in nodes.items() if not _same_record(self.table.nodes.get(oid), r)}
+        failed = await self._install(changed)
+        self._pinned = set(pinned) & set(nodes)
+        keep = {n for n, ref in records.items()
+                if (b := self._bindings.get(n)) is not None and b.ref is not None and b.ref.digest == ref.digest
+                and b.same_object(ns.get(n, _MISSING))}
+        await self._bind_all({n: r for n, r in records.items() if n not in keep}, failed)
+        self._report(failed)
 
-    async def _bind_all(self, refs: dict[str, ValueRef], keep_current: bool) -> None:
-        """Bind every name of ``refs``; with ``keep_current``, names already holding their value keep it."""
+    def _report(self, failed: dict[str, str]) -> None:
+        """Node failures no name or extra was blamed for (those are reported under the name)."""
+        blamed = set(self._blamed)
+        for oid, reason in failed.items():
+            if oid not in blamed and reason != "missing":
+                self.apply_errors[f"node {oid}"] = reason
+        self._blamed = []
+
+    async def _bind_all(self, refs: dict[str, ValueRef], failed: dict[str, str]) -> None:
         ns = self.user_ns
-        kept = self._already_bound(refs) if keep_current else set()
-        # Targets first, so that aliases find them.
-        for n in sorted(refs, key=lambda n: refs[n].alias_of is not None):
-            if n in kept:
-                continue
-            ref = refs[n]
+        for n, ref in sorted(refs.items()):
             self.missing.pop(n, None)
-            obj = await self._resolve(ref, repr(n), name=n)
+            obj = await self._resolve_value(ref, repr(n), name=n, failed=failed)
             if obj is _MISSING:
                 ns.pop(n, None)
-                self._entries.pop(n, None)
+                self._bindings.pop(n, None)
             else:
                 ns[n] = obj
-                self._entries[n] = _new_entry(obj, ref)
+                self._bindings[n] = _binding(obj, ref, small=False)
 
-    def _already_bound(self, refs: dict[str, ValueRef]) -> set[str]:
-        """Names that hold their ref's content as the same object as when bound, shared with exactly the
-        names the refs alias them with (a replica catching up from a snapshot keeps those)."""
-        ns = self.user_ns
-        holding = {
-            n
-            for n, ref in refs.items()
-            if (e := self._entries.get(n)) is not None and e.holds(ref) and e.same_object(ns.get(n, _MISSING))
-        }
-        sharing: dict[int, set[str]] = {}
-        for n in self._names():
-            sharing.setdefault(id(ns[n]), set()).add(n)
-        groups: dict[str, set[str]] = {}
-        for n, ref in refs.items():
-            groups.setdefault(ref.alias_of or n, set()).add(n)
-        return {n for n in holding if sharing.get(id(ns[n]), {n}) == groups[refs[n].alias_of or n] <= holding}
-
-    async def _resolve(self, ref: ValueRef, what: str, name: str | None = None) -> Any:
-        if ref.alias_of is not None:
-            e = self._entries.get(ref.alias_of)
-            target = self.user_ns.get(ref.alias_of, _MISSING)
-            if e is not None and e.holds(ref) and e.same_object(target):
-                return target
+    async def _resolve_value(self, ref: ValueRef, what: str, name: str | None = None,
+                             failed: dict[str, str] | None = None) -> Any:
+        missing = [o for o in ref.refs if o in self._missing_nodes]
+        if missing and name is not None:
+            self.missing[name] = self._missing_nodes[missing[0]]
+            return _MISSING
+        broken = [o for o in ref.refs if failed and o in failed]
+        if broken:
+            self._blamed.extend(broken)
+            self.apply_errors[what] = failed[broken[0]]
+            return _MISSING
         try:
-            return await self._materialise(ref)
+            header, buffers = await self._fetch(ref)
+            return graph.load_part(header, buffers, self.user_ns, self.table.obj)
         except ObjectNotFound as exc:
             if name is None:  # an Out value: never collected while its cell is in the history
                 log.error("could not load %s: %s", what, exc)
@@ -524,12 +608,157 @@ class NamespaceTracker:
             self.apply_errors[what] = f"{type(exc).__name__}: {exc}"
             return _MISSING
 
-    async def _materialise(self, ref: ValueRef) -> Any:
-        if ref.kind == "module":
-            return importlib.import_module(ref.digest)
+    async def _fetch(self, ref: ValueRef) -> tuple[bytes | memoryview, list]:
         if ref.kind == "inline":
-            return serialize.loads(ref.data, (), self.user_ns)
+            return ref.data, list(ref.buffers or ())
         if ref.kind == "blob":
-            header, buffers = await self.store.get(ref.digest)
-            return serialize.loads(header, buffers, self.user_ns)
+            return await self.store.get(ref.digest)
         raise ValueError(f"unknown value kind {ref.kind!r}")
+
+    async def _install(self, records: dict[str, NodeRecord]) -> dict[str, str]:
+        """Create or update the nodes of ``records`` (see graph.py for the two phases); return the oids that
+        failed, with why ("missing": the blob was collected, see garbage.py)."""
+        if not records:
+            return {}
+        parts: dict[tuple[str, str], tuple[Any, list]] = {}
+        failed: dict[str, str] = {}
+
+        async def fetch(oid: str, which: str, ref: ValueRef) -> None:
+            try:
+                parts[oid, which] = await self._fetch(ref)
+            except ObjectNotFound:
+                self._missing_nodes[oid] = ref.digest
+                failed[oid] = "missing"
+            except Exception as exc:
+                log.exception("could not load node %s (%s %s)", oid, ref.kind, ref.digest)
+                failed[oid] = f"{type(exc).__name__}: {exc}"
+
+        await asyncio.gather(*(fetch(oid, which, ref) for oid, r in records.items()
+                               for which, ref in (("ctor", r.ctor), ("body", r.body)) if ref is not None))
+        with graph.loading(self.user_ns):
+            _Installer(self, records, parts, failed).run()
+        for oid in records:
+            if oid not in failed:
+                self._missing_nodes.pop(oid, None)
+        return failed
+
+
+class _StoreRefused(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _NullFile:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def _same_record(node: graph.Node | None, record: NodeRecord) -> bool:
+    if node is None or node.record is None:
+        return False
+    old = node.record
+    return old.ctor.digest == record.ctor.digest and (
+        (old.body is None and record.body is None)
+        or (old.body is not None and record.body is not None and old.body.digest == record.body.digest))
+
+
+class _Installer:
+    """Applies node records to a tracker's table: constructors in dependency order, then state."""
+
+    def __init__(self, tracker: NamespaceTracker, records: dict[str, NodeRecord],
+                 parts: dict[tuple[str, str], tuple[Any, list]], failed: dict[str, str]):
+        self.tracker = tracker
+        self.table = tracker.table
+        self.records = records
+        self.parts = parts
+        self.failed = failed
+        self.fresh: set[str] = set()
+        self.filled: set[str] = set()
+        self.constructing: set[str] = set()
+        self.done: set[str] = set()
+
+    def run(self) -> None:
+        for oid in self.records:
+            self._construct(oid)
+        for oid in self._fill_order():
+            if oid in self.failed or oid in self.filled or self.records[oid].body is None:
+                continue
+            try:
+                body = self._load(oid, "body")
+                graph.fill(self.table.obj(oid), body, oid in self.fresh)
+            except Exception as exc:
+                log.exception("could not fill node %s", oid)
+                self.failed[oid] = f"{type(exc).__name__}: {exc}"
+        for oid, record in self.records.items():
+            node = self.table.nodes.get(oid)
+            if node is not None and oid not in self.failed:
+                node.record = record
+                node.signal = graph._signal_of(node.obj)
+
+    def _load(self, oid: str, which: str) -> Any:
+        header, buffers = self.parts[oid, which]
+        return graph.load_part(header, buffers, self.tracker.user_ns, self._resolve)
+
+    def _resolve(self, oid: str) -> Any:
+        if oid in self.records and oid not in self.done:
+            self._construct(oid)
+        if oid in self.failed:
+            raise KeyError(f"node {oid} could not be loaded ({self.failed[oid]})")
+        return self.table.obj(oid)
+
+    def _construct(self, oid: str) -> None:
+        if oid in self.done or oid in self.failed:
+            return
+        if oid in self.constructing:
+            raise RecursionError(f"node {oid} is needed to construct itself")
+        self.constructing.add(oid)
+        try:
+            record = self.records[oid]
+            node = self.table.nodes.get(oid)
+            if node is not None and node.record is not None and node.record.ctor.digest == record.ctor.digest:
+                return
+            func, args = self._load(oid, "ctor")
+            if node is not None and graph.reconstruct_in_place(node.obj, func, args):
+                return
+            obj = self._build(oid, func, args, record)
+            self.table.bind(oid, obj, None)
+            self.fresh.add(oid)
+        except Exception as exc:
+            log.exception("could not construct node %s", oid)
+            self.failed[oid] = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.constructing.discard(oid)
+            self.done.add(oid)
+
+    def _build(self, oid: str, func: Any, args: tuple, record: NodeRecord) -> Any:
+        """Construct a new node; an array or tensor whose data came from the store maps it instead of copying."""
+        if func in (graph._np_array, graph._tensor_empty) and record.body is not None and record.body.kind == "blob":
+            _, buffers = self.parts[oid, "body"]
+            if buffers and not memoryview(buffers[0]).readonly:
+                self.filled.add(oid)
+                return graph.from_buffer(func, args, buffers[0])
+        return graph.construct(func, args)
+
+    def _fill_order(self) -> list[str]:
+        """Children before parents (post-order over the records' body references)."""
+        order: list[str] = []
+        seen: set[str] = set()
+        for start in self.records:
+            if start in seen:
+                continue
+            stack = [(start, iter(self.records[start].body_refs))]
+            seen.add(start)
+            while stack:
+                oid, children = stack[-1]
+                for child in children:
+                    if child in self.records and child not in seen:
+                        seen.add(child)
+                        stack.append((child, iter(self.records[child].body_refs)))
+                        break
+                else:
+                    stack.pop()
+                    order.append(oid)
+        return order
+
+

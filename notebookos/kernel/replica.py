@@ -248,8 +248,11 @@ class ReplicaKernel(IPythonKernel):
         if out is not None:
             extras["Out"] = out
         delta = await self.tracker.capture(code, extras)
-        if delta.unserialisable:
-            sys.stderr.write(format_unserialisable_warning(delta.unserialisable) + "\n")
+        lost = dict(delta.unserialisable)
+        if "Out" in delta.unserialisable_extras:
+            lost[f"Out[{n}]"] = delta.unserialisable_extras["Out"]
+        if lost:
+            sys.stderr.write(format_unserialisable_warning(lost) + "\n")
             sys.stderr.flush()
         parsed = shell.history_manager.input_hist_parsed
         entry = {

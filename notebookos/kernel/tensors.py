@@ -31,8 +31,7 @@ def reduce_tensor(obj: Any) -> tuple | None:
         return None
     if obj.layout != torch.strided or obj.is_quantized or obj.device.type == "meta":
         return None
-    entry = _displaced.get(id(obj))
-    device_type = entry[1] if entry is not None and entry[0]() is obj else obj.device.type
+    device_type = device_type_of(obj)
     data = obj.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
     return _rebuild_tensor, (data, str(obj.dtype).removeprefix("torch."), tuple(obj.shape), device_type,
                              bool(obj.requires_grad), type(obj) is torch.nn.Parameter)
@@ -49,10 +48,25 @@ def _rebuild_tensor(data: Any, dtype: str, shape: tuple[int, ...], device_type: 
         tensor = torch.nn.Parameter(tensor, requires_grad=requires_grad)
     elif requires_grad:
         tensor.requires_grad_(True)
-    if device_type != "cpu":
-        key = id(tensor)
-        _displaced[key] = (weakref.ref(tensor, lambda _, key=key: _displaced.pop(key, None)), device_type)
+    mark_displaced(tensor, device_type)
     return tensor
+
+
+def device_type_of(tensor: Any) -> str:
+    """The device type ``tensor`` belongs on: a displaced tensor's GPU type, else where it is."""
+    entry = _displaced.get(id(tensor))
+    return entry[1] if entry is not None and entry[0]() is tensor else tensor.device.type
+
+
+def mark_displaced(tensor: Any, device_type: str) -> None:
+    """Remember that ``tensor``, held in host memory here, lived on a ``device_type`` device on the executor."""
+    key = id(tensor)
+    if device_type == "cpu" or tensor.device.type != "cpu":
+        entry = _displaced.get(key)
+        if entry is not None and entry[0]() is tensor:
+            del _displaced[key]
+        return
+    _displaced[key] = (weakref.ref(tensor, lambda _, key=key: _displaced.pop(key, None)), device_type)
 
 
 def displaced_count() -> int:

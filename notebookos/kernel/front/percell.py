@@ -73,8 +73,7 @@ class PerCellReplicas:
         handle.alive = False
         if handle.launched is not None:
             await self.supervisor.launcher.terminate(handle.launched)
-        for sock in handle.sockets.values():
-            sock.close(linger=0)
+        self.supervisor.forget(handle)
         self.supervisor.replicas.pop(handle.id, None)
 
 

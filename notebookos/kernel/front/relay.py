@@ -10,10 +10,18 @@ Routing rules:
   a cell. ``shutdown_request`` goes to every replica.
 - Subshell requests are declined with an error reply, and ``kernel_info_reply`` does not advertise subshells, so
   JupyterLab never waits on one.
+- The front's own control messages (``protocol.py``): a client may ask for ``notebookos_info_request`` and
+  ``notebookos_digest_request`` (answered by the front) and ``notebookos_status_request`` (read-only, answered by
+  the primary), on the control channel. Every other ``notebookos_*`` message from a client, signed or not, on any
+  channel (a membership change above all: only the front and its supervisor change the group) is refused with a
+  ``NotPermitted`` error reply naming it, and never reaches a replica.
 - A message that fails to parse or verify is logged and dropped.
 
 When a replica dies, the cell it was running ends with a ``ReplicaLost`` error, cells queued behind it are aborted,
-and other requests it owed an answer are re-sent to the new primary.
+and other requests it owed an answer are re-sent to the new primary. When a cell's commit fails (an execute_reply
+``QuorumLost`` from the commit, or ``ReplicaDiverged``; confirmed by the replica's status) the executor holds state
+the group does not: it is retired (killed and replaced, see :meth:`Supervisor.retire`) before the next cell is
+dispatched, which then runs on another replica with the committed state.
 """
 
 from __future__ import annotations
@@ -38,6 +46,12 @@ from .wire import BadMessage, Signer, WireMessage, parse
 log = logging.getLogger(__name__)
 
 SUBSHELL_REQUESTS = {"create_subshell_request", "delete_subshell_request", "list_subshell_request"}
+INFO_REQUEST = "notebookos_info_request"
+INTERNAL_PREFIX = "notebookos_"
+#: The front's own message types a client may send (control channel): all read-only.
+CLIENT_INTERNAL_REQUESTS = frozenset({INFO_REQUEST, protocol.DIGEST_REQUEST, protocol.STATUS_REQUEST})
+#: execute_reply errors after which the executor may hold a cell the group did not commit.
+DIVERGENCE_SIGNS = frozenset({"QuorumLost", "ReplicaDiverged"})
 
 
 class BoundedDict(OrderedDict):
@@ -100,11 +114,16 @@ class Relay:
         self._dispatch_lock = asyncio.Lock()
         self._redo: deque[WireMessage] = deque()
         self._dispatches: set[asyncio.Task] = set()
+        self._suspects: dict[int, asyncio.Task] = {}  # replica id -> its retirement (it diverged), under way
+        self._judgements: BoundedDict = BoundedDict(100)  # execute msg_id -> task judging its failed commit
+        self._in_doubt: list[str] = []  # cells that failed after their executor may have proposed them
+        self.committed_after_all = 0  # cells reported as not committed that Raft committed later
         self.shutdown = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Task] = set()
         supervisor.on_sockets = self._watch_replica
         supervisor.on_lost = self._replica_lost
         supervisor.on_replaced = self._replica_replaced
+        supervisor.on_diverged = self._diverged_in_status
 
     # -- setup -------------------------------------------------------------------------------------------------
     def bind(self) -> None:
@@ -121,12 +140,20 @@ class Relay:
     def start(self) -> None:
         for channel, handler in (("shell", self._on_client_shell), ("control", self._on_client_control),
                                  ("stdin", self._on_client_stdin)):
-            self._tasks.append(asyncio.ensure_future(self._client_loop(channel, handler)))
-        self._tasks.append(asyncio.ensure_future(self._iopub_subscriptions()))
+            self._spawn(self._client_loop(channel, handler))
+        self._spawn(self._iopub_subscriptions())
+
+    def _spawn(self, coro) -> asyncio.Task:
+        """A background task of the relay's own, kept until it ends (cancelled by :meth:`close`)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def _watch_replica(self, handle: ReplicaHandle) -> None:
-        for channel in ("shell", "control", "stdin", "iopub"):
-            self._tasks.append(asyncio.ensure_future(self._replica_loop(handle, channel)))
+        # Kept on the handle: Supervisor.forget cancels them with the sockets once the replica is gone.
+        handle.tasks.extend(asyncio.ensure_future(self._replica_loop(handle, channel))
+                            for channel in ("shell", "control", "stdin", "iopub"))
 
     # -- helpers -----------------------------------------------------------------------------------------------
     async def primary_when_started(self, timeout: float = 120.0) -> ReplicaHandle | None:
@@ -139,14 +166,18 @@ class Relay:
         return self.primary()
 
     def primary(self) -> ReplicaHandle | None:
-        live = self.supervisor.live
+        live = self.supervisor.usable or self.supervisor.live
         for handle in live:
             if handle.id == self.last_executor:
                 return handle
         return min(live, key=lambda h: h.id) if live else None
 
     async def _to_replica(self, handle: ReplicaHandle, channel: str, msg: WireMessage) -> None:
-        await handle.sockets[channel].send_multipart(msg.frames(self.internal_signer))
+        sock = handle.sockets.get(channel)
+        if sock is None:
+            log.warning("dropped %s for replica %d: it is gone", msg.msg_type, handle.id)
+            return
+        await sock.send_multipart(msg.frames(self.internal_signer))
 
     async def _to_client(self, channel: str, msg: WireMessage) -> None:
         await self.sockets[channel].send_multipart(msg.frames(self.client_signer))
@@ -193,8 +224,28 @@ class Relay:
             except Exception:
                 log.exception("failed to handle %s on %s", msg.msg_type, channel)
 
+    async def _refuse_internal(self, channel: str, msg: WireMessage) -> bool:
+        """Refuse a ``notebookos_*`` message a client may not send on ``channel``; True if it was refused."""
+        msg_type = msg.msg_type
+        if not msg_type.startswith(INTERNAL_PREFIX):
+            return False
+        if channel == "control" and msg_type in CLIENT_INTERNAL_REQUESTS:
+            return False
+        if msg_type in CLIENT_INTERNAL_REQUESTS:
+            why = f"{msg_type} is answered on the control channel only; send it there"
+        else:
+            why = (f"{msg_type} is an internal message of the replicated kernel: only the kernel front and its "
+                   "supervisor may send it (they alone change the replica group and its Raft membership). "
+                   "The front refused it and no replica received it. Clients may send "
+                   f"{', '.join(sorted(CLIENT_INTERNAL_REQUESTS))} on the control channel")
+        log.warning("refused %s from a client on the %s channel", msg_type, channel)
+        await self._error_reply(channel, msg, "NotPermitted", why)
+        return True
+
     async def _on_client_shell(self, msg: WireMessage) -> None:
         msg_type = msg.msg_type
+        if await self._refuse_internal("shell", msg):
+            return
         if msg.header.get("subshell_id") is not None or msg_type in SUBSHELL_REQUESTS:
             await self._error_reply("shell", msg, "SubshellsNotSupported",
                                     "the replicated kernel runs every cell on one executor; subshells are not supported")
@@ -238,6 +289,8 @@ class Relay:
         async with self._dispatch_lock:
             # Reap dead replicas first: cells they never started go back in line ahead of this one.
             await self.supervisor.check_now()
+            # An executor whose last commit failed is checked (and retired) before anything else runs.
+            await self._settle_suspects()
             while self._redo:
                 await self._dispatch_safely(self._redo.popleft())
             if msg is not None:
@@ -258,13 +311,10 @@ class Relay:
             return
         while True:
             if self.per_cell is None and not sup.has_quorum():
-                await self._error_reply(
-                    "shell", msg, "QuorumLost",
-                    f"this kernel has lost quorum: {len(sup.live)} of {len(sup.members)} replicas are alive, so it "
-                    "cannot commit state and refuses to run cells. The state as of the last committed cell is "
-                    "intact on the surviving replica; restart the kernel to continue.")
+                await self._error_reply("shell", msg, "QuorumLost", self.quorum_lost_text())
                 return
-            views = [ReplicaView(h.id, h.status.get("host", ""), h.alive) for h in sup.members]
+            # A diverged replica (it holds a cell that was not committed) is never chosen again.
+            views = [ReplicaView(h.id, h.status.get("host", ""), h.alive and not h.diverged) for h in sup.members]
             try:
                 choice = await self.policy.choose(views, self.last_executor)
             except LookupError as exc:
@@ -279,9 +329,10 @@ class Relay:
                     except Exception:
                         await self.policy.cell_finished(choice.replica)  # give the committed GPUs back
                         raise
-                if target is not None and target.alive:
+                if target is not None and target.alive and not target.diverged:
                     break
-                # The policy does not know yet that this replica died: give its GPUs back and ask again.
+                # The policy does not know yet that this replica died (or diverged, and is being retired): give its
+                # GPUs back and ask again.
                 await self.policy.cell_finished(choice.replica)
                 await self.policy.replica_lost(choice.replica)
                 continue
@@ -304,8 +355,7 @@ class Relay:
         self.inflight.setdefault(chosen, OrderedDict())[msg.msg_id] = msg
         role = {"role": protocol.ROLE_LEAD, "after_seq": self.committed_seq, "fresh": fresh, "replicas": table,
                 "devices": list(choice.devices)}
-        await self._to_replica(sup.replicas[chosen], "shell",
-                               msg.with_metadata({**msg.metadata, protocol.META_KEY: role}))
+        await self._to_replica(target, "shell", msg.with_metadata({**msg.metadata, protocol.META_KEY: role}))
         if self.send_yield:
             await self._send_yields(msg, chosen)
 
@@ -331,11 +381,13 @@ class Relay:
 
     async def _on_client_control(self, msg: WireMessage) -> None:
         msg_type = msg.msg_type
+        if await self._refuse_internal("control", msg):
+            return
         if msg_type in SUBSHELL_REQUESTS or msg_type == "debug_request":
             await self._error_reply("control", msg, "NotSupported",
                                     f"{msg_type} is not supported by the replicated kernel")
             return
-        if msg_type == "notebookos_info_request":
+        if msg_type == INFO_REQUEST:
             await self._send_client("control", "notebookos_info_reply", self.info(), msg, idents=msg.idents)
             return
         if msg_type == protocol.DIGEST_REQUEST:
@@ -406,11 +458,20 @@ class Relay:
             "committed_seq": self.committed_seq,
             "has_quorum": sup.has_quorum(),
             "dropped_messages": self.dropped,
+            "committed_after_all": self.committed_after_all,
             "replicas": [
                 {**h.view(self.last_executor), "member": h.member, "connection_file": h.connection_file,
-                 "raft_address": h.raft_address, "status": h.status}
-                for h in sup.replicas.values()
+                 "raft_address": h.raft_address, "status": h.status, "diverged": h.diverged}
+                for h in sorted([*sup.departed, *sup.replicas.values()], key=lambda h: h.id)
             ],
+            # What the front holds for replicas, to check that gone ones leave nothing behind.
+            "front": {
+                "replica_handles": len(sup.replicas),
+                "replica_sockets": sum(len(h.sockets) for h in sup.replicas.values()),
+                "replica_tasks": sum(not t.done() for h in sup.replicas.values() for t in h.tasks),
+                "relay_tasks": len(self._tasks),
+                "asyncio_tasks": len(asyncio.all_tasks()),
+            },
         }
 
     async def _on_client_stdin(self, msg: WireMessage) -> None:
@@ -459,6 +520,9 @@ class Relay:
         msg_type = msg.msg_type
         if channel == "iopub":
             self.started[parent_id] = True
+            if msg_type == "error" and msg.content.get("ename") in DIVERGENCE_SIGNS and (
+                    parent_id in self._judgements or parent_id in self.inflight.get(handle.id, {})):
+                msg = msg.with_content(await self._annotate_failure(handle, parent_id, msg.content))
             if msg_type == "comm_open":
                 self.comm_owner[msg.content.get("comm_id")] = handle.id
             elif msg_type == "comm_close":
@@ -479,10 +543,19 @@ class Relay:
                 queue.pop(parent_id, None)
             meta = msg.metadata.get(protocol.META_KEY) or {}
             seq = meta.get("seq")
-            if isinstance(seq, int):
+            if isinstance(seq, int) and msg.content.get("status") != "ok":
                 self.committed_seq = max(self.committed_seq, seq)
             self._colocate_leader(handle, meta.get("raft_leader"))
             await self.policy.cell_finished(handle.id)
+            status = msg.content.get("status")
+            if status == "error" and msg.content.get("ename") in DIVERGENCE_SIGNS:
+                # Judged before the client hears of it (and sends the next cell); the next dispatch waits for a
+                # retirement this starts.
+                msg = msg.with_content(await self._annotate_failure(handle, parent_id, msg.content))
+                if msg.content.get("ename") == "QuorumLost" and handle.diverged:
+                    self._in_doubt.append(f"In[{msg.content.get('execution_count')}] (QuorumLost)")
+            elif status == "ok" and isinstance(seq, int):
+                await self._settle_doubt(seq, msg)
         else:
             self.pending.pop(parent_id, None)
         if msg_type == "kernel_info_reply":
@@ -522,7 +595,95 @@ class Relay:
             except TimeoutError:
                 log.info("leadership transfer to replica %d timed out", executor.id)
 
-        self._tasks.append(asyncio.ensure_future(transfer()))
+        self._spawn(transfer())
+
+    # -- failed commits ----------------------------------------------------------------------------------------
+    async def _annotate_failure(self, handle: ReplicaHandle, parent_id: str, content: dict[str, Any]
+                                ) -> dict[str, Any]:
+        """A cell's executor answered QuorumLost or ReplicaDiverged (its iopub error, then its reply): find out once
+        per cell whether it ran the cell and could not commit it, retire it if so, and say so in the error."""
+        judged = self._judgements.get(parent_id)
+        if judged is None:
+            judged = self._judgements[parent_id] = asyncio.ensure_future(
+                self._judge_failure(handle, content.get("ename", ""), content.get("evalue", "")))
+        note = await judged
+        evalue = f"{content.get('evalue', '')}{note}"
+        return {**content, "evalue": evalue, "traceback": [f"{content.get('ename')}: {evalue}"]}
+
+    async def _judge_failure(self, handle: ReplicaHandle, ename: str, evalue: str) -> str:
+        if ename == "ReplicaDiverged":
+            reason = evalue or f"replica {handle.id} reports that it diverged"
+        else:
+            # QuorumLost also answers a cell that never ran (no leader, could not catch up): only the replica knows
+            # whether it ran the cell and then failed to commit it, and its status says so.
+            try:
+                handle.status = await self.supervisor.request(handle, protocol.STATUS_REQUEST, {}, timeout=5.0)
+            except TimeoutError:
+                log.warning("replica %d did not answer a status request after %s; the status poll will tell",
+                            handle.id, ename)
+                handle.status = {}
+            reason = handle.status.get("diverged")
+        alive, members = self._live_counts()
+        seen = f" The kernel front sees {alive} of {members} replicas alive."
+        if not reason:
+            return seen + ("" if self.supervisor.has_quorum() else " Without a quorum no cell can run: restart "
+                           "the kernel.")
+        handle.diverged = handle.diverged or reason  # never chosen again, from now on
+        if handle.id not in self._suspects and handle.alive:
+            task = asyncio.ensure_future(self._retire(handle, reason))
+            self._suspects[handle.id] = task
+            task.add_done_callback(lambda _: self._suspects.pop(handle.id, None))
+        if 2 * (alive - 1) > members:
+            return (f"{seen} Replica {handle.id} ran a cell it could not commit, so its namespace no longer matches "
+                    "the committed state: the front retires it (a replacement catches up from the committed log) "
+                    "and the next cell runs on another replica, with the state as of the last committed cell.")
+        return (f"{seen} Replica {handle.id} ran a cell it could not commit: it runs no more cells, and is retired "
+                "once the others keep a quorum without it.")
+
+    async def _settle_doubt(self, seq: int, reply: WireMessage) -> None:
+        """A cell succeeded with sequence number ``seq``. Cells that failed after their executor may have proposed
+        them (QuorumLost from a commit timeout, ReplicaLost) are settled by now: this executor passed a Raft barrier
+        first, so any of them in the log was committed before it. Tell the user if one was, after all."""
+        extra = seq - self.committed_seq - 1
+        self.committed_seq = max(self.committed_seq, seq)
+        if not self._in_doubt:
+            return
+        cells, self._in_doubt = ", ".join(self._in_doubt), []
+        if extra <= 0:
+            return
+        text = (f"notebookos: {extra} cell(s) committed that the kernel reported as not committed ({cells}): a "
+                "quorum of replicas had received the entry before its executor failed, so Raft committed it after "
+                "all and its effects are in the kernel's state.\n")
+        log.warning(text.strip())
+        self.committed_after_all += extra
+        await self._send_client("iopub", "stream", {"name": "stderr", "text": text}, reply)
+
+    async def _settle_suspects(self) -> None:
+        while self._suspects:
+            await asyncio.gather(*list(self._suspects.values()), return_exceptions=True)
+
+    async def _diverged_in_status(self, handle: ReplicaHandle, reason: str) -> None:
+        """A status poll found ``handle`` diverged. While it still runs cells, the check after its reply handles it."""
+        if not self.inflight.get(handle.id) and handle.id not in self._suspects:
+            await self._retire(handle, reason)
+
+    async def _retire(self, handle: ReplicaHandle, reason: str) -> None:
+        if await self.supervisor.retire(handle, reason):
+            log.warning("replica %d retired: it ran a cell it could not commit", handle.id)
+
+    def _live_counts(self) -> tuple[int, int]:
+        return len(self.supervisor.live), len(self.supervisor.members)
+
+    def quorum_lost_text(self) -> str:
+        alive, members = self._live_counts()
+        need = members // 2 + 1
+        if alive == 0:
+            return (f"this kernel has lost quorum: none of its {members} replicas is alive (committing a cell needs "
+                    f"{need}), so its state is lost. Restart the kernel.")
+        return (f"this kernel has lost quorum: {alive} of its {members} replicas {'is' if alive == 1 else 'are'} "
+                f"alive and committing a cell needs {need}, so it refuses to run cells: nothing more can be "
+                "committed and no cell runs. Restart the kernel to continue (it starts with an empty namespace).")
+
 
     async def _replica_replaced(self, dead: ReplicaHandle, new: ReplicaHandle) -> None:
         await self.policy.replica_added(new.id, new.host_id)
@@ -540,11 +701,18 @@ class Relay:
             await self._execute(None)
         for i, msg in enumerate(queue if started else []):
             if i == 0:
+                self._in_doubt.append(f"the cell that ended with ReplicaLost on replica {handle.id}")
+                alive, members = self._live_counts()
+                if self.supervisor.has_quorum():
+                    then = (f"{alive} of {members} replicas are alive: run the cell again to continue on one of "
+                            "them.")
+                else:
+                    then = f"The kernel has lost quorum: {self.quorum_lost_text().split(': ', 1)[1]}"
+                how = "was retired: it ran a cell it could not commit" if handle.diverged else "died"
                 await self._error_reply(
                     "shell", msg, "ReplicaLost",
-                    f"replica {handle.id} (pid {handle.pid}) running this cell died before committing it. The "
-                    "cell's effects were not committed; the kernel's state is as of the last committed cell. "
-                    "Run the cell again to continue on a surviving replica.")
+                    f"replica {handle.id} (pid {handle.pid}) running this cell {how} before committing it. The "
+                    f"cell's effects were not committed; the kernel's state is as of the last committed cell. {then}")
             else:
                 await self._error_reply("shell", msg, "ReplicaLost", "", status="aborted")
             await self.policy.cell_finished(handle.id)
@@ -564,7 +732,7 @@ class Relay:
                 del self.comm_owner[comm_id]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._suspects.values()]:
             task.cancel()
         for sock in self.sockets.values():
             sock.close(linger=100)

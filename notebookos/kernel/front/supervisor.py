@@ -5,6 +5,11 @@ kernel to SIGKILL it if the front dies, so a killed front never leaves replicas 
 replica's death by polling its process (a dead process is certain, unlike a missed heartbeat), tells the relay,
 then removes it from the Raft group and starts a replacement that joins through dynamic membership and catches up
 from a snapshot plus the log.
+
+A replica whose namespace holds a cell it could not commit (it *diverged*) is retired: killed, then lost and
+replaced like any other, so no survivor keeps uncommitted state. A replica that is gone (dead, migrated away,
+retired) keeps no sockets and no relay tasks in the front; its handle leaves :attr:`Supervisor.replicas` once it
+is no longer a Raft member, and a short record of it stays in :attr:`Supervisor.departed` for ``info``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +38,10 @@ log = logging.getLogger(__name__)
 CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
 
 
+class ReplicaGone(TimeoutError):
+    """A request to a replica whose sockets the front has already closed (it is dead or has left)."""
+
+
 @dataclass
 class ReplicaHandle:
     """The front's view of one replica process and its sockets."""
@@ -47,6 +57,12 @@ class ReplicaHandle:
     host_id: str | None = None
     status: dict[str, Any] = field(default_factory=dict)
     sockets: dict[str, zmq.asyncio.Socket] = field(default_factory=dict)
+    #: The relay's loops over ``sockets``: cancelled with them when the replica is gone.
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    #: Why this replica's namespace no longer matches the committed state (a cell it ran did not commit). It is
+    #: never chosen again and is retired as soon as the group keeps its quorum without it.
+    diverged: str | None = None
+    retire_deferred: bool = False  # it diverged while the others had no quorum without it
 
     @property
     def pid(self) -> int | None:
@@ -84,12 +100,16 @@ class Supervisor:
         self.raft_secret = raft_secret
         self.replica_config = replica_config
         self.host = host
-        self.replicas: dict[int, ReplicaHandle] = {}
+        self.replicas: dict[int, ReplicaHandle] = {}  # live replicas and Raft members (dead ones until removed)
+        self.departed: deque[ReplicaHandle] = deque(maxlen=16)  # the latest ones gone for good, for info only
+        self._release_at_end: list[Launched] = []  # processes of departed replicas, released when the kernel ends
         self._next_id = 1
         self._pending: dict[str, asyncio.Future] = {}
         self.on_lost: Callable[[ReplicaHandle], Awaitable[None]] | None = None
         self.on_sockets: Callable[[ReplicaHandle], None] | None = None
         self.on_replaced: Callable[[ReplicaHandle, ReplicaHandle], Awaitable[None]] | None = None  # (dead, new)
+        #: A status poll found a live replica diverged (or one kept as a voter still is): (handle, reason).
+        self.on_diverged: Callable[[ReplicaHandle, str], Awaitable[None]] | None = None
         self.replace_lost = True
         self.starting = False  # True while the initial group is being launched
         self._replacing = False
@@ -104,6 +124,11 @@ class Supervisor:
     @property
     def live(self) -> list[ReplicaHandle]:
         return [r for r in self.members if r.alive]
+
+    @property
+    def usable(self) -> list[ReplicaHandle]:
+        """Live members that may run cells and answer requests: not diverged."""
+        return [r for r in self.live if not r.diverged]
 
     def has_quorum(self) -> bool:
         return 2 * len(self.live) > len(self.members)
@@ -197,11 +222,14 @@ class Supervisor:
     # -- control requests to replicas -------------------------------------------------------------------------
     async def request(self, handle: ReplicaHandle, msg_type: str, content: dict[str, Any],
                       timeout: float = 5.0) -> dict[str, Any]:
+        sock = handle.sockets.get("control")
+        if sock is None:
+            raise ReplicaGone(f"replica {handle.id} is gone")
         msg = self.session.msg(msg_type, content)
         fut = asyncio.get_running_loop().create_future()
         self._pending[msg["header"]["msg_id"]] = fut
         try:
-            await handle.sockets["control"].send_multipart(self.session.serialize(msg))
+            await sock.send_multipart(self.session.serialize(msg))
             return await asyncio.wait_for(fut, timeout)
         finally:
             self._pending.pop(msg["header"]["msg_id"], None)
@@ -228,17 +256,78 @@ class Supervisor:
             code = self.launcher.exit_code(handle.launched) if handle.alive and handle.launched else None
             if code is not None:
                 handle.alive = False
-                # A signal (our own kill, a test's SIGKILL) leaves nothing useful in the log; an error exit does.
-                details = self.launcher.exit_details(handle.launched) if code > 0 else ""
-                log.warning("replica %d (pid %s) exited with %s%s", handle.id, handle.pid, code,
-                            f"; the end of its log:\n{details}" if details else "")
+                if handle.diverged:
+                    log.warning("replica %d (pid %s) retired: %s", handle.id, handle.pid, handle.diverged)
+                else:
+                    # A signal (our own kill, a test's SIGKILL) leaves nothing useful in the log; an error exit does.
+                    details = self.launcher.exit_details(handle.launched) if code > 0 else ""
+                    log.warning("replica %d (pid %s) exited with %s%s", handle.id, handle.pid, code,
+                                f"; the end of its log:\n{details}" if details else "")
                 if handle.member:
-                    self._tasks.add(task := asyncio.ensure_future(self.elect_successor(handle)))
-                    task.add_done_callback(self._tasks.discard)
+                    self._background(self.elect_successor(handle))
                 if self.on_lost:
                     await self.on_lost(handle)
                 if self.replace_lost and handle.member:
-                    asyncio.ensure_future(self.replace(handle))
+                    self._background(self.replace(handle))
+        self._prune()
+
+    def _background(self, coro) -> asyncio.Future:
+        self._tasks.add(task := asyncio.ensure_future(coro))
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _prune(self) -> None:
+        """Close the sockets of replicas that are gone and drop those no longer in the Raft group."""
+        for handle in list(self.replicas.values()):
+            if handle.alive:
+                continue
+            if handle.sockets:
+                self.forget(handle)
+            if not handle.member:
+                del self.replicas[handle.id]
+                self.departed.append(handle)
+                if handle.launched is not None:
+                    self._release_at_end.append(handle.launched)
+
+    def forget(self, handle: ReplicaHandle) -> None:
+        """Stop listening to a replica that is gone: the relay's loops end, the sockets close (a dead replica's
+        sockets would otherwise try to reconnect every 10 ms for as long as the kernel runs)."""
+        for task in handle.tasks:
+            task.cancel()
+        handle.tasks.clear()
+        for sock in handle.sockets.values():
+            sock.close(linger=0)
+        handle.sockets.clear()
+
+    async def retire(self, handle: ReplicaHandle, reason: str, reap_timeout: float = 10.0) -> bool:
+        """Stop a replica whose namespace holds a cell it could not commit (see :attr:`ReplicaHandle.diverged`).
+
+        It is marked at once, so it is never chosen again. It is killed (SIGKILL) only while the others keep a
+        quorum without it; its death is then handled as any loss (a successor stands for election, a replacement
+        joins and catches up from the committed log). Otherwise it stays a Raft voter, which needs no namespace,
+        until a later call can retire it. True once it is gone.
+        """
+        if not handle.alive:
+            return True
+        handle.diverged = handle.diverged or reason
+        others = [h for h in self.live if h is not handle]
+        if 2 * len(others) <= len(self.members):
+            if not handle.retire_deferred:
+                handle.retire_deferred = True
+                log.warning("replica %d diverged (%s); retiring it would cost the quorum (%d of %d others alive): "
+                            "it stays a Raft voter and runs no more cells", handle.id, reason, len(others),
+                            len(self.members))
+            return False
+        log.warning("retiring replica %d (pid %s): %s", handle.id, handle.pid, reason)
+        if handle.launched is not None:
+            await self.launcher.kill(handle.launched)
+        deadline = time.monotonic() + reap_timeout
+        while handle.alive and time.monotonic() < deadline:  # so the loss is handled before the next cell
+            await self.launcher.refresh()
+            await self.check_now()
+            if handle.alive:
+                await asyncio.sleep(0.02)
+        return not handle.alive
 
     async def elect_successor(self, dead: ReplicaHandle) -> None:
         """If ``dead`` led the Raft group, have the survivor with the most recent log stand for election now.
@@ -261,6 +350,13 @@ class Supervisor:
     async def poll_status(self, interval: float = 1.0) -> None:
         while True:
             await asyncio.gather(*(self._poll_one(h) for h in self.live), return_exceptions=True)
+            for handle in self.live:
+                reason = handle.diverged or handle.status.get("diverged")
+                if reason and self.on_diverged is not None:
+                    try:
+                        await self.on_diverged(handle, reason)
+                    except Exception:
+                        log.exception("could not retire diverged replica %d", handle.id)
             await asyncio.sleep(interval)
 
     async def _poll_one(self, handle: ReplicaHandle) -> None:
@@ -299,8 +395,10 @@ class Supervisor:
 
     async def _replace_once(self, dead: ReplicaHandle, host_id: str | None = None) -> ReplicaHandle | None:
         if dead.member:
+            # An explicit Raft timeout: the replicas' commit_timeout may be short, and a membership change can wait
+            # for an election first.
             reply = await self.request(self.live[0], protocol.MEMBERSHIP_REQUEST,
-                                       {"op": "remove", "address": dead.raft_address}, timeout=15.0)
+                                       {"op": "remove", "address": dead.raft_address, "timeout": 10.0}, timeout=15.0)
             if reply.get("status") != "ok":
                 raise RuntimeError(f"could not remove it from the Raft group: {reply.get('evalue')}")
             dead.member = False
@@ -313,7 +411,7 @@ class Supervisor:
         new = await self.launch([r.raft_address for r in self.live], host_id=host_id)
         new.member = False
         reply = await self.request(self.live[0], protocol.MEMBERSHIP_REQUEST,
-                                   {"op": "add", "address": new.raft_address}, timeout=15.0)
+                                   {"op": "add", "address": new.raft_address, "timeout": 10.0}, timeout=15.0)
         if reply.get("status") != "ok":
             await self.kill(new)
             raise RuntimeError(f"new replica {new.id} could not join the Raft group: {reply.get('evalue')}")
@@ -349,7 +447,8 @@ class Supervisor:
                                 reply.get("evalue"))
             old.member = False
             reply = await self.request(new, protocol.MEMBERSHIP_REQUEST,
-                                       {"op": "remove", "address": old.raft_address}, timeout=15.0)
+                                       {"op": "remove", "address": old.raft_address, "timeout": 10.0},
+                                       timeout=15.0)
             if reply.get("status") != "ok":
                 log.error("migrated replica %d could not leave the group: %s", old.id, reply.get("evalue"))
             old.alive = False  # before it exits, so the watcher does not take the planned exit for a loss
@@ -381,5 +480,7 @@ class Supervisor:
             await self.kill(handle)
             if handle.launched is not None:
                 await self.launcher.release(handle.launched)
-            for sock in handle.sockets.values():
-                sock.close(linger=0)
+            self.forget(handle)
+        for launched in self._release_at_end:
+            await self.launcher.release(launched)
+        self._release_at_end.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import subprocess
 import sys
@@ -25,6 +26,33 @@ from tests.test_scheduler_service import (
     wait_for,
     wait_hosts,
 )
+
+
+def kernel_info(connection: dict, pid: int, log: Path, timeout: float = 30.0) -> dict:
+    """The kernel_info reply content of the kernel at ``connection``, run by process ``pid``, which may be starting.
+
+    Not ``wait_for_ready``: a client without a KernelManager judges a kernel by heartbeats, and takes one that has not
+    bound its heartbeat port within ``time_to_dead`` (1 s) of ``start_channels`` for dead. A replica that is still
+    importing on a busy host takes longer than that. The request waits in the client's queue until the kernel listens;
+    whether the kernel died is read from its process instead.
+    """
+    client = BlockingKernelClient()
+    client.load_connection_info(connection)
+    client.start_channels(hb=False)
+    try:
+        msg_id = client.kernel_info()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert pid_alive(pid), f"the replica (pid {pid}) died before replying to kernel_info:\n{log.read_text()}"
+            try:
+                reply = client.get_shell_msg(timeout=0.5)
+            except queue.Empty:
+                continue
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"]
+        raise TimeoutError(f"no kernel_info reply from the replica (pid {pid}) in {timeout}s:\n{log.read_text()}")
+    finally:
+        client.stop_channels()
 
 
 @pytest.fixture
@@ -91,15 +119,7 @@ def test_launch_and_stop_replica(hostd, tmp_path):
     assert listed["pid"] == pid and listed["alive"] is True and listed["exit_code"] is None
 
     # It is a working kernel: it answers kernel_info on the connection we gave.
-    client = BlockingKernelClient()
-    client.load_connection_info(body["connection"])
-    client.start_channels()
-    try:
-        client.wait_for_ready(timeout=30)
-        reply = client.kernel_info(reply=True, timeout=10)
-        assert reply["content"]["status"] == "ok"
-    finally:
-        client.stop_channels()
+    assert kernel_info(body["connection"], pid, Path(launched["log"]))["status"] == "ok"
 
     stopped = ok("DELETE", f"{url}/api/replicas/k1/1")
     assert stopped["pid"] == pid and stopped["exit_code"] is not None
@@ -116,23 +136,19 @@ def test_prewarmed_processes_become_replicas(tmp_path):
     try:
         wait_for(lambda: info.exists() or proc.popen.poll() is not None, 20, "the host daemon")
         url = json.loads(info.read_text())["url"]
-        pool = wait_for(lambda: (p := ok("GET", f"{url}/api/replicas")["prewarm"])["waiting"] == 2 and p, 20,
+        # Warm: imports done (a process counts as waiting from the moment it is started).
+        pool = wait_for(lambda: (p := ok("GET", f"{url}/api/replicas")["prewarm"])["ready"] == 2 and p, 20,
                         "two prewarmed processes")
+        assert pool["waiting"] == 2
         waiting = set(pool["pids"])
         seed = int(Path(f"/proc/{min(waiting)}/environ").read_bytes().split(b"PYTHONHASHSEED=")[1].split(b"\0")[0])
 
         # A request with the pool's seed gets a waiting process, which becomes a working replica.
         body = {**replica_body(tmp_path, "kw"), "hash_seed": seed}
-        pid = ok("POST", f"{url}/api/replicas", body, 201)["pid"]
+        launched = ok("POST", f"{url}/api/replicas", body, 201)
+        pid = launched["pid"]
         assert pid in waiting
-        client = BlockingKernelClient()
-        client.load_connection_info(body["connection"])
-        client.start_channels()
-        try:
-            client.wait_for_ready(timeout=30)
-            assert client.kernel_info(reply=True, timeout=10)["content"]["status"] == "ok"
-        finally:
-            client.stop_channels()
+        assert kernel_info(body["connection"], pid, Path(launched["log"]))["status"] == "ok"
         assert "notebookos.kernel.replica" not in Path(f"/proc/{pid}/cmdline").read_text()  # not a fresh start
         assert (tmp_path / "run" / "kernel-kw" / "replica-1.log").exists()
         # The pool refills; a request with another seed cannot use it and gets a fresh process.

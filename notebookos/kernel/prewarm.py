@@ -12,6 +12,9 @@ and the process becomes that replica exactly as ``python -m notebookos.kernel.re
 added to its environment, ``cwd`` as its directory and its output going to ``log``. It exits quietly if stdin
 closes first (the daemon stopped, or shrank its pool).
 
+Once its imports are done it writes one byte to the file descriptor named by ``$NOTEBOOKOS_PREWARM_READY_FD`` (a
+pipe from the pool) and closes it, so the pool knows which of its processes are warm and hands those out first.
+
 What cannot change after start is the hash seed (``PYTHONHASHSEED``): the pool is started with the cluster's seed,
 and the daemon starts a fresh process instead for a request with another.
 """
@@ -26,6 +29,24 @@ import sys
 import numpy  # noqa: F401
 
 from notebookos.kernel import replica
+
+READY_FD_ENV = "NOTEBOOKOS_PREWARM_READY_FD"
+
+
+def signal_ready() -> None:
+    """Tell the pool this process is warm (and keep the descriptor and its variable from the replica)."""
+    fd = os.environ.pop(READY_FD_ENV, "")
+    if not fd.isdigit():
+        return
+    try:
+        os.write(int(fd), b"1")
+    except OSError:  # the pool already handed this process out, or stopped
+        pass
+    finally:
+        try:
+            os.close(int(fd))
+        except OSError:
+            pass
 
 
 def become_replica(order: dict) -> None:
@@ -46,6 +67,7 @@ def become_replica(order: dict) -> None:
 
 
 def main() -> None:
+    signal_ready()
     line = sys.stdin.readline()
     if not line.strip():
         return

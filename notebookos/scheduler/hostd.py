@@ -478,7 +478,7 @@ class ReplicasHandler(_HostHandler):
     def get(self) -> None:
         pool = self.owner.pool
         self.send_json({"replicas": [r.view() for r in self.owner.replicas.values()],
-                        "prewarm": pool.view() if pool is not None else {"size": 0, "waiting": 0}})
+                        "prewarm": pool.view() if pool is not None else {"size": 0, "waiting": 0, "ready": 0}})
 
     def post(self) -> None:
         replica = self.owner.launch(self.json_body())

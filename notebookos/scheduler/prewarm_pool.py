@@ -1,9 +1,11 @@
 """A host daemon's pool of replica processes started ahead of demand (see ``notebookos/kernel/prewarm.py``).
 
 Each pooled process has its interpreter started and the replica's modules imported, and waits on its stdin for the
-one JSON line that tells it which replica to become. :meth:`PrewarmPool.take` hands one out; the pool is refilled
-``refill_delay`` seconds later, because a new process importing at once would compete for the cores with the
-replicas of the kernel that is starting (on our 2-core VM that ate the whole gain).
+one JSON line that tells it which replica to become. A process counts as warm (``ready`` in :meth:`PrewarmPool.view`)
+once it has said so over a pipe; until then it is only started, and its imports still take up to a couple of seconds
+on a busy host. :meth:`PrewarmPool.take` hands out a warm process first (a started one is still better than a fresh
+one). The pool is refilled ``refill_delay`` seconds after a hand-out, because a new process importing at once would
+compete for the cores with the replicas of the kernel that is starting (on our 2-core VM that ate the whole gain).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -20,6 +23,8 @@ from typing import Any
 from ..parentdeath import kill_with_parent
 
 log = logging.getLogger(__name__)
+
+READY_FD_ENV = "NOTEBOOKOS_PREWARM_READY_FD"  # notebookos.kernel.prewarm.READY_FD_ENV
 
 
 class PrewarmPool:
@@ -34,6 +39,8 @@ class PrewarmPool:
         self.log_path = log_path
         self.python = python
         self.waiting: list[subprocess.Popen] = []
+        self._ready_pipes: dict[subprocess.Popen, int] = {}  # read ends, until the process says it is warm
+        self._warm: set[subprocess.Popen] = set()
         self.started = 0
         self.handed_out = 0
         self._failures: list[float] = []
@@ -44,7 +51,8 @@ class PrewarmPool:
 
     def fill(self) -> None:
         """Start processes until ``size`` wait (call on the event loop's thread: PR_SET_PDEATHSIG is per thread)."""
-        self.waiting = [p for p in self.waiting if p.poll() is None]
+        for process in [p for p in self.waiting if p.poll() is not None]:
+            self._forget(process)
         if time.monotonic() < self._refill_after:
             return
         # Processes that die while waiting (a broken environment) must not make the daemon fork in a loop.
@@ -54,15 +62,50 @@ class PrewarmPool:
             return
         with open(self.log_path, "ab") as out:
             while len(self.waiting) < self.size:
-                process = subprocess.Popen([self.python, "-m", "notebookos.kernel.prewarm"], env=self.env,
-                                           stdin=subprocess.PIPE, stdout=out, stderr=out, preexec_fn=kill_with_parent)
+                ready_r, ready_w = os.pipe()
+                try:
+                    process = subprocess.Popen([self.python, "-m", "notebookos.kernel.prewarm"],
+                                               env={**self.env, READY_FD_ENV: str(ready_w)}, pass_fds=(ready_w,),
+                                               stdin=subprocess.PIPE, stdout=out, stderr=out,
+                                               preexec_fn=kill_with_parent)
+                except BaseException:
+                    os.close(ready_r)
+                    raise
+                finally:
+                    os.close(ready_w)
+                os.set_blocking(ready_r, False)
+                self._ready_pipes[process] = ready_r
                 self.waiting.append(process)
                 self.started += 1
+
+    def is_warm(self, process: subprocess.Popen) -> bool:
+        """Whether a waiting ``process`` has finished its imports (it wrote to its ready pipe)."""
+        fd = self._ready_pipes.get(process)
+        if fd is not None:
+            try:
+                signalled = os.read(fd, 1)
+            except BlockingIOError:  # not yet
+                return False
+            # One byte: warm. End of file without it: the process exited (reap() counts that).
+            del self._ready_pipes[process]
+            os.close(fd)
+            if signalled:
+                self._warm.add(process)
+        return process in self._warm
+
+    def _forget(self, process: subprocess.Popen) -> None:
+        """Drop ``process`` from the pool's books (handed out, or gone)."""
+        if process in self.waiting:
+            self.waiting.remove(process)
+        self._warm.discard(process)
+        fd = self._ready_pipes.pop(process, None)
+        if fd is not None:
+            os.close(fd)
 
     def reap(self) -> None:
         """Forget pooled processes that exited without being handed out (and count them as failures)."""
         for process in [p for p in self.waiting if p.poll() is not None]:
-            self.waiting.remove(process)
+            self._forget(process)
             self._failures.append(time.monotonic())
             log.warning("a prewarmed process (pid %d) exited with %s while waiting; see %s", process.pid,
                         process.returncode, self.log_path)
@@ -71,8 +114,9 @@ class PrewarmPool:
         """A waiting process, now turned into the replica ``order`` describes; None if none fits."""
         if hash_seed is not None and hash_seed != self.hash_seed:
             return None
-        while self.waiting:
-            process = self.waiting.pop(0)
+        # Warm processes first: one still importing would make the replica wait for its imports.
+        for process in sorted(self.waiting, key=lambda p: not self.is_warm(p)):
+            self._forget(process)
             if process.poll() is not None:
                 continue
             try:
@@ -86,21 +130,23 @@ class PrewarmPool:
         return None
 
     def stop(self, grace: float = 3.0) -> None:
-        for process in self.waiting:
+        processes = list(self.waiting)
+        for process in processes:
+            self._forget(process)
             with contextlib.suppress(OSError):  # already gone
                 process.stdin.close()  # a waiting process exits when its stdin closes
         deadline = time.monotonic() + grace
-        for process in self.waiting:
+        for process in processes:
             try:
                 process.wait(max(deadline - time.monotonic(), 0.01))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        self.waiting = []
 
     def view(self) -> dict[str, Any]:
-        return {"size": self.size, "waiting": len(self.waiting), "started": self.started,
-                "handed_out": self.handed_out, "pids": [p.pid for p in self.waiting]}
+        """``waiting``: processes started and not handed out; ``ready``: those of them that are warm."""
+        return {"size": self.size, "waiting": len(self.waiting), "ready": sum(map(self.is_warm, self.waiting)),
+                "started": self.started, "handed_out": self.handed_out, "pids": [p.pid for p in self.waiting]}
 
 
 def pool_env(base: dict[str, str], hash_seed: str, drop: tuple[str, ...]) -> dict[str, str]:

@@ -4,7 +4,10 @@ Jupyter Server, nbclient, papermill and jupyter console start the ``notebookos``
 need nothing else. In standalone mode it launches the kernel's front as the kernel process; the front starts and
 supervises the replicas, so liveness, SIGKILL and restart of the kernel are those of the front, and the replicas
 die with it. Options come from the kernelspec (``metadata.kernel_provisioner.config``) or from Jupyter config
-(``c.NotebookOSProvisioner.replicas = 3``); an unknown option is an error that names it.
+(``c.NotebookOSProvisioner.replicas = 3``); an unknown option, or a value that cannot work (``front/options.py``:
+a ``commit_timeout`` <= 0, an unwritable ``store_dir``, a ``raft_host`` that is not an address of this machine, bad
+``gpus``, an ``executor_policy_class`` that does not import, an absurd ``replicas`` count), is an error that names
+it, raised when Jupyter creates the provisioner: before any process or directory exists.
 """
 
 from __future__ import annotations
@@ -16,13 +19,23 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Bool, Float, Int, Unicode, default
+from traitlets import Bool, Float, Int, TraitError, Unicode, default
 
+from .front.options import check_options
 from .scratch import default_store_dir
 
 
 class UnknownKernelOption(ValueError):
-    """A kernelspec or kernel metadata option this provisioner does not know."""
+    """A kernelspec or kernel metadata option this provisioner does not know (or, as :class:`BadKernelOption`,
+    one whose value cannot work)."""
+
+
+class BadKernelOption(UnknownKernelOption):
+    """A known kernel option with a value that cannot work."""
+
+
+_WHERE = ("the kernelspec's metadata.kernel_provisioner.config (`notebookos kernelspec show`) or "
+          "c.NotebookOSProvisioner in your Jupyter config")
 
 
 class NotebookOSProvisioner(LocalProvisioner):
@@ -63,17 +76,29 @@ class NotebookOSProvisioner(LocalProvisioner):
                 f"metadata.kernel_provisioner.config; known options: {', '.join(self._FRONT_OPTIONS)}. "
                 "Fix the kernelspec (`notebookos kernelspec show`) and start the kernel again."
             )
-        super().__init__(**kwargs)
+        try:
+            super().__init__(**kwargs)
+        except TraitError as exc:  # a value of the wrong type; traitlets' message names the option
+            raise BadKernelOption(f"bad notebookos kernel option: {exc} Fix it in {_WHERE} and start the kernel "
+                                  "again.") from None
         self._store: Path | None = None
-        if self.replicas < 1:
-            raise UnknownKernelOption(f"replicas must be >= 1, got {self.replicas}")
+        self.check_options()
+
+    def check_options(self) -> None:
+        """Raise :class:`BadKernelOption` naming every option whose value cannot work."""
+        problems = check_options({name: getattr(self, name) for name in self._FRONT_OPTIONS})
+        if problems:
+            raise BadKernelOption(f"bad notebookos kernel option{'s' if len(problems) > 1 else ''}: "
+                                  f"{'; '.join(problems)}. Fix {'them' if len(problems) > 1 else 'it'} in {_WHERE} "
+                                  "and start the kernel again.")
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        # Before anything is written: a notebook with bad metadata must not leave a store or a connection file.
+        self._apply_notebook_request(kwargs.get("env") or {}, kwargs.get("cwd"))
         kwargs = await super().pre_launch(**kwargs)
         if not self.store_dir and self._store is None:
             # Chosen here, not in the front, so the store is removed even if the front is SIGKILLed (cleanup()).
             self._store = default_store_dir(self.kernel_id)
-        self._apply_notebook_request(kwargs.get("env") or {}, kwargs.get("cwd"))
         kwargs["cmd"] = list(kwargs["cmd"]) + self.front_arguments()
         return kwargs
 

@@ -28,6 +28,7 @@ from ...scheduler.client import SchedulerClient, SchedulerError
 from ..scratch import default_store_dir
 from .cluster import HostdLauncher, SchedulerExecutorPolicy
 from .executor import ExecutorPolicy, LastExecutorPolicy
+from .options import check_options
 from .percell import PerCellReplicas
 from .relay import Relay
 from .supervisor import Supervisor
@@ -100,6 +101,13 @@ class NotebookOSFront(Application):
     def start(self) -> None:
         if not self.connection_file:
             self.log.critical("no connection file: run as `python -m notebookos.kernel.front -f FILE`")
+            self.exit(2)
+        # The provisioner checked these already; a front started by hand checks them here, before binding anything.
+        names = ("replicas", "commit_timeout", "raft_host", "gpus", "scheduler_url", "gpu_request", "cpu_request",
+                 "memory_request_mb") + (("store_dir",) if self.store_dir and not self.remove_store else ())
+        problems = check_options({name: getattr(self, name) for name in names})
+        if problems:
+            self.log.critical("bad option%s: %s", "s" if len(problems) > 1 else "", "; ".join(problems))
             self.exit(2)
         asyncio.run(self._run())
 

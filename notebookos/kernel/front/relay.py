@@ -116,6 +116,7 @@ class Relay:
         self._dispatches: set[asyncio.Task] = set()
         self._suspects: dict[int, asyncio.Task] = {}  # replica id -> its retirement (it diverged), under way
         self._judgements: BoundedDict = BoundedDict(100)  # execute msg_id -> task judging its failed commit
+        self._idle_seen: BoundedDict = BoundedDict(100)  # those of them whose idle status reached the client
         self._in_doubt: list[str] = []  # cells that failed after their executor may have proposed them
         self.committed_after_all = 0  # cells reported as not committed that Raft committed later
         self.shutdown = asyncio.Event()
@@ -529,6 +530,8 @@ class Relay:
                 self.comm_owner.pop(msg.content.get("comm_id"), None)
             await self._to_client("iopub", msg)
             if msg_type == "status" and msg.content.get("execution_state") == "idle":
+                if parent_id in self._judgements:
+                    self._idle_seen[parent_id] = True
                 await self._cell_over(handle, parent_id, "idle")
             return
         if channel == "stdin":
@@ -605,12 +608,12 @@ class Relay:
         judged = self._judgements.get(parent_id)
         if judged is None:
             judged = self._judgements[parent_id] = asyncio.ensure_future(
-                self._judge_failure(handle, content.get("ename", ""), content.get("evalue", "")))
+                self._judge_failure(handle, parent_id, content.get("ename", ""), content.get("evalue", "")))
         note = await judged
         evalue = f"{content.get('evalue', '')}{note}"
         return {**content, "evalue": evalue, "traceback": [f"{content.get('ename')}: {evalue}"]}
 
-    async def _judge_failure(self, handle: ReplicaHandle, ename: str, evalue: str) -> str:
+    async def _judge_failure(self, handle: ReplicaHandle, parent_id: str, ename: str, evalue: str) -> str:
         if ename == "ReplicaDiverged":
             reason = evalue or f"replica {handle.id} reports that it diverged"
         else:
@@ -630,7 +633,7 @@ class Relay:
                            "the kernel.")
         handle.diverged = handle.diverged or reason  # never chosen again, from now on
         if handle.id not in self._suspects and handle.alive:
-            task = asyncio.ensure_future(self._retire(handle, reason))
+            task = asyncio.ensure_future(self._retire(handle, reason, after=parent_id))
             self._suspects[handle.id] = task
             task.add_done_callback(lambda _: self._suspects.pop(handle.id, None))
         if 2 * (alive - 1) > members:
@@ -667,7 +670,15 @@ class Relay:
         if not self.inflight.get(handle.id) and handle.id not in self._suspects:
             await self._retire(handle, reason)
 
-    async def _retire(self, handle: ReplicaHandle, reason: str) -> None:
+    async def _retire(self, handle: ReplicaHandle, reason: str, after: str | None = None,
+                      timeout: float = 10.0) -> None:
+        """Retire ``handle`` (Supervisor.retire); with ``after``, once that cell's reply and idle have reached the
+        client (its sockets close with it)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while after is not None and (after in self.inflight.get(handle.id, {}) or after not in self._idle_seen):
+            if asyncio.get_running_loop().time() > deadline or not handle.alive:
+                break
+            await asyncio.sleep(0.02)
         if await self.supervisor.retire(handle, reason):
             log.warning("replica %d retired: it ran a cell it could not commit", handle.id)
 

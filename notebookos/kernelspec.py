@@ -16,8 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .kernel.front.options import MAX_REPLICAS
-
 KERNEL_NAME = "notebookos"
 DISPLAY_NAME = "Python 3 (replicated)"
 PROVISIONER_NAME = "notebookos-provisioner"
@@ -27,15 +25,11 @@ _LOGO_FILES = ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg")
 
 
 def validate_replicas(replicas: Any) -> int:
-    """Return ``replicas`` as an int, or raise ``ValueError`` unless it is an integer >= 1 and at most
-    ``MAX_REPLICAS`` (the provisioner checks the same at kernel start)."""
+    """Return ``replicas`` as an int, or raise ``ValueError`` unless it is an integer >= 1."""
     if isinstance(replicas, bool) or not isinstance(replicas, int):
         raise ValueError(f"replicas must be an integer >= 1, got {replicas!r}")
     if replicas < 1:
         raise ValueError(f"replicas must be an integer >= 1, got {replicas}")
-    if replicas > MAX_REPLICAS:
-        raise ValueError(f"replicas must be an integer >= 1 and at most {MAX_REPLICAS} (3 survives the loss of one "
-                         f"replica, 5 of two), got {replicas}")
     return replicas
 
 

@@ -619,13 +619,13 @@ class Relay:
         else:
             # QuorumLost also answers a cell that never ran (no leader, could not catch up): only the replica knows
             # whether it ran the cell and then failed to commit it, and its status says so.
+            reason = None
             try:
                 handle.status = await self.supervisor.request(handle, protocol.STATUS_REQUEST, {}, timeout=5.0)
+                reason = handle.status.get("diverged")
             except TimeoutError:
                 log.warning("replica %d did not answer a status request after %s; the status poll will tell",
                             handle.id, ename)
-                handle.status = {}
-            reason = handle.status.get("diverged")
         alive, members = self._live_counts()
         seen = f" The kernel front sees {alive} of {members} replicas alive."
         if not reason:

@@ -193,7 +193,7 @@ def from_buffer(func: Callable, args: tuple, buffer: Any) -> Any:
         import numpy as np
 
         shape, dtype, writeable = args
-        arr = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+        arr = np.ndarray(shape, dtype=dtype, buffer=buffer)
         if not writeable:
             arr.flags.writeable = False
         return arr

@@ -31,6 +31,7 @@ from .applier import Applier
 from .celllog import CellLog
 from .consensus import CommitError, RaftNode, RaftTuning
 from .devices import DeviceBinding
+from .graph import graph_shape
 from .namespace import NamespaceTracker, format_unserialisable_warning
 from .serialize import namespace_digests
 
@@ -341,8 +342,10 @@ class ReplicaKernel(IPythonKernel):
     async def notebookos_digest_request(self, stream, ident, parent):
         """Digest every replicated name from the live namespace (not from the log), to compare replicas."""
         names = sorted(self.tracker.records())
+        ns = self.shell.user_ns
         content = {"status": "ok", "replica": self.replica_id, "execution_count": self.shell.execution_count,
-                   "In": list(self.shell.user_ns.get("In", [])), "digests": namespace_digests(self.shell.user_ns, names)}
+                   "In": list(ns.get("In", [])), "digests": namespace_digests(ns, names),
+                   "graph": graph_shape(ns, names)}
         self.session.send(stream, protocol.DIGEST_REPLY, content, parent, ident=ident)
 
     def replicas(self) -> list[dict[str, Any]]:

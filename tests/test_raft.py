@@ -20,6 +20,8 @@ class Delta:
     deleted: list = field(default_factory=list)
     unserialisable: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
+    nodes: dict = field(default_factory=dict)
+    dropped: list = field(default_factory=list)
 
 
 def free_ports(n):
@@ -84,7 +86,7 @@ def test_commit_is_applied_on_every_node_in_order(group):
     for n in nodes:
         assert n.kinds() == [("cell", s) for s in range(1, 6)]
         assert n.log.records == {"x": 5}
-        assert [c for _, c in n.log.history] == [f"x = {i}" for i in range(1, 6)]
+        assert [h[1] for h in n.log.history] == [f"x = {i}" for i in range(1, 6)]
     roles = sorted(n.raft.status()["role"] for n in nodes)
     assert roles == ["follower", "follower", "leader"]
 

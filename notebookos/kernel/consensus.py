@@ -8,9 +8,13 @@ PySyncObj's callbacks into awaitables. The state machine it replicates is :class
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import logging
 import pickle
 import queue
+import socket
+import struct
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException
+from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
+from pysyncobj.tcp_server import TcpServer
+from pysyncobj.transport import TCPTransport
 
 from .celllog import CellLog
 
@@ -35,6 +43,179 @@ class RaftBindError(RuntimeError):
 
 class CommitError(RuntimeError):
     """A proposal was not committed (no quorum, leader lost, timeout)."""
+
+
+# -- transport hardening ------------------------------------------------------------------------------------------
+# PySyncObj frames every message as a 4-byte native signed int length (struct "i") followed by that many bytes of
+# zlib-compressed pickle, Fernet-encrypted when the group has a password. Its TcpConnection buffers whatever length
+# the prefix declares, appending each recv to an immutable bytes object, on the tick thread: a stranger who sends a
+# 2 GiB prefix and then streams junk grows that buffer (with quadratic copying) until the tick thread does nothing
+# else, and every commit of the node times out. Idle connections are only timed out when they have an event, so
+# connections that never send anything stay open for ever and pile up. The subclasses below bound all of that;
+# everything else is PySyncObj's own code path.
+
+_FRAME_PREFIX = struct.Struct("i")
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_frame: int  # declared length above which any connection is closed
+    preauth: int  # bytes an unauthenticated connection may have buffered
+    auth_timeout: float  # seconds an incoming connection has to authenticate (key exchange + its address)
+    max_unauthenticated: int  # incoming connections still authenticating, at most
+
+
+_rejections = {"last_warning": -float("inf"), "since": 0}
+
+
+def _log_rejection(why: str) -> None:
+    # A stranger can reconnect thousands of times a second: one warning per minute, the rest counted, so that the
+    # attack cannot fill the replica's log instead.
+    now = time.monotonic()
+    if now - _rejections["last_warning"] >= 60.0:
+        more = f" (and {_rejections['since']} more since the last warning)" if _rejections["since"] else ""
+        log.warning("closed a Raft connection: %s%s", why, more)
+        _rejections.update(last_warning=now, since=0)
+    else:
+        _rejections["since"] += 1
+        log.debug("closed a Raft connection: %s", why)
+
+
+class _GuardedConnection(TcpConnection):
+    """A ``TcpConnection`` that closes itself on a frame over the limits, before buffering its body.
+
+    A connection counts as authenticated once one frame from it has decrypted (Fernet authenticates with the
+    group's key, so only a holder of the secret can produce one); until then it may buffer ``preauth`` bytes.
+    Decryption failures already close the connection in PySyncObj (its parser drops the connection on any error).
+    """
+
+    def __init__(self, *args: Any, limits: _Limits, **kwargs: Any):
+        self.limits = limits
+        self.authenticated = False
+        self.opened = time.monotonic()
+        self.rejected: str | None = None  # why this side closed it, for the log and tests
+        super().__init__(*args, **kwargs)
+
+    def _reject(self, why: str) -> None:
+        self.rejected = why
+        _log_rejection(why)
+        self.disconnect()
+
+    def _over_limits(self) -> str | None:
+        buffered = self._TcpConnection__readBuffer
+        bound = self.limits.max_frame if self.authenticated else self.limits.preauth
+        if len(buffered) >= _FRAME_PREFIX.size:
+            declared = _FRAME_PREFIX.unpack_from(buffered)[0]
+            if declared < 0 or declared > bound:
+                state = "authenticated" if self.authenticated else "unauthenticated"
+                return f"{state} peer declared a {declared}-byte frame (limit {bound})"
+        # An authenticated peer may have several frames in flight; the head frame's check bounds each of them, and
+        # this bounds how many sit unread (the parser runs only once the socket is drained).
+        if len(buffered) > 2 * bound + _FRAME_PREFIX.size:
+            return f"{len(buffered)} bytes buffered without a complete frame (limit {bound})"
+        return None
+
+    # PySyncObj names its read and parse steps privately; overriding the mangled names is the only hook it offers.
+    def _TcpConnection__processRead(self) -> bool:
+        more = TcpConnection._TcpConnection__processRead(self)
+        if more:
+            why = self._over_limits()
+            if why is not None:
+                self._reject(why)
+                return False
+        return more
+
+    def _TcpConnection__processParseMessage(self) -> Any:
+        why = self._over_limits()  # the head frame changes after each parsed message
+        if why is not None:
+            self._reject(why)
+            return None
+        message = TcpConnection._TcpConnection__processParseMessage(self)
+        if message is not None and self.state != CONNECTION_STATE.DISCONNECTED:
+            self.authenticated = True
+        return message
+
+
+class _GuardedServer(TcpServer):
+    """``TcpServer`` whose accepted connections are :class:`_GuardedConnection` (otherwise PySyncObj's code)."""
+
+    def __init__(self, *args: Any, limits: _Limits, on_accepted: Callable[[TcpConnection], None], **kwargs: Any):
+        self._limits = limits
+        self._on_accepted = on_accepted
+        super().__init__(*args, onNewConnection=on_accepted, **kwargs)
+
+    def _TcpServer__onNewConnection(self, descr: int, event: int) -> None:
+        if event & POLL_EVENT_TYPE.READ:
+            try:
+                sock, _ = self._TcpServer__socket.accept()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._TcpServer__sendBufferSize)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._TcpServer__recvBufferSize)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setblocking(False)
+                conn = _GuardedConnection(
+                    poller=self._TcpServer__poller, socket=sock, timeout=self._TcpServer__connectionTimeout,
+                    sendBufferSize=self._TcpServer__sendBufferSize, recvBufferSize=self._TcpServer__recvBufferSize,
+                    keepalive=self._TcpServer__keepalive, limits=self._limits)
+                self._on_accepted(conn)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    self.unbind()
+                    return
+        if event & POLL_EVENT_TYPE.ERROR:
+            self.unbind()
+
+
+class _GuardedTransport(TCPTransport):
+    """PySyncObj's TCP transport with :class:`_GuardedConnection` both ways and a deadline to authenticate.
+
+    Incoming connections sit in ``_unknownConnections`` until they have exchanged keys and named a member's
+    address; a peer does that within a round trip, so one still there after ``auth_timeout`` is closed (checked
+    every tick: PySyncObj only checks a connection's timeout when it has an event, and an idle one has none). At
+    most ``max_unauthenticated`` wait at a time; a new one closes the oldest, so a flood of strangers cannot lock
+    out a member reconnecting, nor run the process out of file descriptors.
+    """
+
+    def __init__(self, syncObj: SyncObj, selfNode: Any, otherNodes: Any):
+        self._limits: _Limits = syncObj.conf.notebookos_limits
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    def _createServer(self) -> None:
+        super()._createServer()  # resolves the bind address as PySyncObj does; the server is only built, not bound
+        conf = self._syncObj.conf
+        old = self._server
+        self._server = _GuardedServer(
+            self._syncObj._poller, old._TcpServer__host, old._TcpServer__port,
+            sendBufferSize=conf.sendBufferSize, recvBufferSize=conf.recvBufferSize,
+            connectionTimeout=conf.connectionTimeout, limits=self._limits, on_accepted=self._onNewIncomingConnection)
+
+    def _onNewIncomingConnection(self, conn: TcpConnection) -> None:
+        waiting = sorted(self._unknownConnections, key=lambda c: getattr(c, "opened", 0.0))
+        for stale in waiting[: max(0, len(waiting) - self._limits.max_unauthenticated + 1)]:
+            stale._reject(f"more than {self._limits.max_unauthenticated} connections authenticating at once")
+        super()._onNewIncomingConnection(conn)
+
+    def _onTick(self) -> None:
+        super()._onTick()
+        deadline = time.monotonic() - self._limits.auth_timeout
+        for conn in list(self._unknownConnections):
+            if getattr(conn, "opened", deadline) < deadline:
+                conn._reject(f"did not authenticate within {self._limits.auth_timeout:g} s")
+
+    def addNode(self, node: Any) -> None:
+        super().addNode(node)
+        conn = self._connections.get(node)
+        if conn is not None and not isinstance(conn, _GuardedConnection):
+            # PySyncObj builds the outgoing connection here; rebuild it as ours with the same callbacks (it is
+            # not connected yet: the tick connects it).
+            guarded = _GuardedConnection(
+                poller=self._syncObj._poller, timeout=self._syncObj.conf.connectionTimeout,
+                sendBufferSize=self._syncObj.conf.sendBufferSize, recvBufferSize=self._syncObj.conf.recvBufferSize,
+                keepalive=self._syncObj.conf.tcp_keepalive, limits=self._limits)
+            guarded.encryptor = self._syncObj.encryptor
+            guarded.setOnConnectedCallback(functools.partial(self._onOutgoingConnected, guarded))
+            guarded.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
+            guarded.setOnDisconnectedCallback(functools.partial(self._onDisconnected, guarded))
+            self._connections[node] = guarded
 
 
 class _CellSyncObj(SyncObj):
@@ -100,9 +281,15 @@ class RaftTuning:
     bind_attempts: int = 20
     compaction_min_entries: int = 200
     compaction_min_time: float = 300.0
+    # Transport limits (see _GuardedTransport). Values over 1 MiB go to the object store, so a cell's entry is at
+    # most a few MB; an AppendEntries carries a batch of entries, and a snapshot is sent in chunks.
+    max_frame_bytes: int = 64 * 2**20
+    preauth_bytes: int = 64 * 2**10  # the key exchange and address frames are ~200 bytes each
+    auth_timeout: float = 5.0
+    max_unauthenticated: int = 16
 
     def conf(self, secret: str | None) -> SyncObjConf:
-        return SyncObjConf(
+        conf = SyncObjConf(
             password=secret,
             autoTick=True,
             autoTickPeriod=self.startup_tick_period,
@@ -124,6 +311,10 @@ class RaftTuning:
             useFork=False,
             commandsWaitLeader=True,
         )
+        # Read by _GuardedTransport, which SyncObj builds inside its constructor with only the conf to go on.
+        conf.notebookos_limits = _Limits(self.max_frame_bytes, self.preauth_bytes, self.auth_timeout,
+                                         self.max_unauthenticated)
+        return conf
 
 
 class RaftNode:
@@ -143,7 +334,8 @@ class RaftNode:
         self.tuning = tuning or RaftTuning()
         # SyncObj's tick thread exits when the thread that created it does: create it on the main thread.
         self._conf = self.tuning.conf(secret)
-        self._sync = _CellSyncObj(self_address, peer_addresses, self._conf, consumers=[cell_log])
+        self._sync = _CellSyncObj(self_address, peer_addresses, self._conf, consumers=[cell_log],
+                                  transportClass=_GuardedTransport)
         try:
             self._sync.waitBinded()
         except SyncObjException:

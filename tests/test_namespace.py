@@ -26,9 +26,9 @@ class CountingStore(LocalDirectoryStore):
         self.puts = 0
         self.gets = 0
 
-    async def put(self, header, buffers):
+    async def put(self, header, buffers, digest=None):
         self.puts += 1
-        return await super().put(header, buffers)
+        return await super().put(header, buffers, digest)
 
     async def get(self, digest):
         self.gets += 1
@@ -461,7 +461,7 @@ def test_unreadable_blob_is_reported_and_the_rest_applies(pair, store):
 
 def test_a_store_failure_is_reported_not_raised(tmp_path):
     class BrokenStore(LocalDirectoryStore):
-        async def put(self, header, buffers):
+        async def put(self, header, buffers, digest=None):
             raise OSError("No space left on device")
 
     leader = Replica(BrokenStore(tmp_path))

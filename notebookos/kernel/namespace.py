@@ -57,6 +57,7 @@ INLINE_LIMIT = 1 << 20  # values whose serialised size exceeds this go to the ob
 INLINE_BUDGET = 4 << 20
 REHASH_LIMIT = 64 << 10  # names whose graph's records are smaller than this are re-examined after every cell
 REHASH_NODES = 64  # ... and that have at most this many nodes
+HASH_IN_PARALLEL = 64 << 10  # record parts this large are hashed on the digest pool, all of a cell's at once
 
 # IPython keeps these itself (In/Out are replicated by the kernel from the cell history).
 IPYTHON_NAMES = frozenset(
@@ -154,7 +155,7 @@ class _Serialised:
     header: bytes
     buffers: list[memoryview]
     refs: tuple[str, ...]
-    digest: str
+    digest: str | None  # None until hashed (large parts are hashed together, in parallel, after the walk)
     size: int
 
 
@@ -170,6 +171,8 @@ class _Walk:
 
     def __init__(self) -> None:
         self.seen: set[str] = set()
+        # oid -> (ctor, body, tensor signal) of every node re-reduced, until the digests are known
+        self.examined: dict[str, tuple[_Serialised, _Serialised | None, tuple | None]] = {}
         self.changed: dict[str, tuple[_Serialised, _Serialised | None, NodeRecord]] = {}
         self.failed: dict[str, str] = {}  # oid -> reason
         self.parents: dict[str, set[str]] = {}  # child oid -> the oids whose records refer to it
@@ -269,19 +272,22 @@ class NamespaceTracker:
                 continue
             self._walk(extra_values[key].refs, walk)
 
-        # A node that cannot be recorded spoils everything that reaches it in this walk.
+        await self._compare(walk)
+
+        # Ship the changed records (blobs stored concurrently); a node that cannot be recorded, or that the store
+        # refused, spoils everything that reaches it in this walk.
         spent = [0]
-        nodes: dict[str, NodeRecord] = {}
-        for oid, (ctor, body, record) in walk.changed.items():
-            if oid in walk.failed:
-                continue
-            try:
-                record.ctor = await self._ship(ctor, spent)
-                record.body = await self._ship(body, spent) if body is not None else None
-            except _StoreRefused as exc:
-                walk.failed[oid] = exc.reason
-                continue
-            nodes[oid] = record
+        changed = [oid for oid in walk.changed if oid not in walk.failed]
+        parts = [(oid, which, v) for oid in changed
+                 for which, v in zip(("ctor", "body"), walk.changed[oid][:2], strict=True) if v is not None]
+        shipped = await self._ship_all([v for _, _, v in parts], spent)
+        nodes: dict[str, NodeRecord] = {oid: walk.changed[oid][2] for oid in changed}
+        for (oid, which, _), ref in zip(parts, shipped, strict=True):
+            if isinstance(ref, _StoreRefused):
+                walk.failed[oid] = ref.reason
+            else:
+                setattr(nodes[oid], which, ref)
+        nodes = {oid: r for oid, r in nodes.items() if oid not in walk.failed}
         spoiled = self._spoiled(walk)
         if spoiled:
             nodes = {oid: r for oid, r in nodes.items() if oid not in spoiled}
@@ -294,20 +300,23 @@ class NamespaceTracker:
                     extra_reasons[key] = self._reason(v.refs, walk)
                     del extra_values[key]
 
+        names_out = [n for n, v in values.items()
+                     if (b := bindings.get(n)) is None or b.ref is None or b.ref.digest != v.digest
+                     or not b.same_object(ns[n])]
+        keys = list(extra_values)
+        shipped = await self._ship_all([values[n] for n in names_out] + [extra_values[k] for k in keys], spent)
         updated: dict[str, ValueRef] = {}
-        for n, v in values.items():
-            b = bindings.get(n)
-            if b is None or b.ref is None or b.ref.digest != v.digest or not b.same_object(ns[n]):
-                try:
-                    updated[n] = await self._ship(v, spent)
-                except _StoreRefused as exc:
-                    reasons[n] = exc.reason
         extra_refs: dict[str, ValueRef] = {}
-        for key, v in extra_values.items():
-            try:
-                extra_refs[key] = await self._ship(v, spent)
-            except _StoreRefused as exc:
-                extra_reasons[key] = exc.reason
+        for n, ref in zip(names_out, shipped[:len(names_out)], strict=True):
+            if isinstance(ref, _StoreRefused):
+                reasons[n] = ref.reason
+            else:
+                updated[n] = ref
+        for key, ref in zip(keys, shipped[len(names_out):], strict=True):
+            if isinstance(ref, _StoreRefused):
+                extra_reasons[key] = ref.reason
+            else:
+                extra_refs[key] = ref
 
         # Commit the walk to the table and the bindings; sweep if an edge may have gone.
         sweep = bool(deleted or reasons or walk.new - nodes.keys())
@@ -384,10 +393,31 @@ class NamespaceTracker:
         header, buffers, refs = graph.dump_part(obj, self.user_ns, self.table, ())
         return self._serialised(header, buffers, refs)
 
-    def _serialised(self, header: bytes, buffers: list, refs: tuple[str, ...]) -> _Serialised:
+    def _serialised(self, header: bytes, buffers: list, refs: tuple[str, ...], defer: bool = False) -> _Serialised:
         views = [as_bytes_view(b) for b in buffers]
         size = len(header) + sum(v.nbytes for v in views)
-        return _Serialised(header, views, refs, content_digest(header, views), size)
+        digest = None if defer and size >= HASH_IN_PARALLEL else content_digest(header, views)
+        return _Serialised(header, views, refs, digest, size)
+
+    async def _compare(self, walk: _Walk) -> None:
+        """Hash the large parts of the walk's records together, then note which records changed."""
+        pending = [v for ctor, body, _ in walk.examined.values() for v in (ctor, body)
+                   if v is not None and v.digest is None]
+        if pending:
+            # Threads of their own, not the digest pool: content_digest itself hashes a large part's leaves there,
+            # and waiting on that pool from its own workers could leave none to do the hashing.
+            digests = await asyncio.gather(*(asyncio.to_thread(content_digest, v.header, v.buffers)
+                                             for v in pending))
+            for v, digest in zip(pending, digests, strict=True):
+                v.digest = digest
+        for oid, (ctor, body, signal) in walk.examined.items():
+            node = self.table.nodes[oid]
+            old = node.record
+            if old is None or old.ctor.digest != ctor.digest or (old.body is None) != (body is None) or (
+                    body is not None and old.body.digest != body.digest):
+                walk.changed[oid] = (ctor, body, NodeRecord(None, None, ctor.refs, body.refs if body else ()))
+            elif signal is not None:
+                node.signal = signal
 
     def _walk(self, start: Iterable[str], walk: _Walk) -> None:
         """Examine every node reachable from ``start`` not yet seen in this walk."""
@@ -417,17 +447,13 @@ class NamespaceTracker:
         if node.record is not None and node.signal is not None and graph._signal_of(obj) == node.signal:
             return node.record.refs
         reduction = graph.reduce_node(obj, self._reducer())
-        ctor = self._serialised(*graph.dump_part(reduction.ctor, self.user_ns, self.table, reduction.transient))
+        ctor = self._serialised(*graph.dump_part(reduction.ctor, self.user_ns, self.table, reduction.transient),
+                                defer=True)
         body = None
         if reduction.body is not None:
-            body = self._serialised(*graph.dump_part(reduction.body, self.user_ns, self.table, reduction.transient))
-        old = node.record
-        if old is None or old.ctor.digest != ctor.digest or (old.body is None) != (body is None) or (
-                body is not None and old.body.digest != body.digest):
-            record = NodeRecord(None, None, ctor.refs, body.refs if body is not None else ())
-            walk.changed[oid] = (ctor, body, record)
-        elif reduction.signal is not None:
-            node.signal = reduction.signal
+            body = self._serialised(*graph.dump_part(reduction.body, self.user_ns, self.table, reduction.transient),
+                                    defer=True)
+        walk.examined[oid] = (ctor, body, reduction.signal)
         return ctor.refs + (body.refs if body is not None else ())
 
     def _reducer(self) -> serialize.NamespacePickler:
@@ -447,19 +473,30 @@ class NamespaceTracker:
             work.extend(walk.parents.get(oid, ()))
         return spoiled
 
-    async def _ship(self, v: _Serialised, spent: list[int]) -> ValueRef:
-        """The ref to put in the entry: inline bytes, or a blob the store now holds."""
-        if v.size <= self.inline_limit and spent[0] + v.size <= self.inline_budget:
-            spent[0] += v.size
-            buffers = [bytes(b) for b in v.buffers] or None
-            return ValueRef("inline", v.digest, v.header, v.size, buffers, v.refs)
-        try:
-            digest, size = await self.store.put(v.header, v.buffers)
-        except Exception as exc:
-            log.exception("object store %s refused a value", self.store.location)
-            raise _StoreRefused(
-                f"could not be written to the object store: {serialize.unserialisable_reason(exc)}") from exc
-        return ValueRef("blob", digest, None, size, None, v.refs)
+    async def _ship_all(self, values: list[_Serialised], spent: list[int]) -> list[ValueRef | _StoreRefused]:
+        """The refs to put in the entry, in order: inline bytes while the budget lasts, else blobs the store now
+        holds (written concurrently). A value the store refused gives a :class:`_StoreRefused`."""
+        out: list[ValueRef | _StoreRefused | None] = []
+        puts = []
+        for v in values:
+            if v.size <= self.inline_limit and spent[0] + v.size <= self.inline_budget:
+                spent[0] += v.size
+                buffers = [bytes(b) for b in v.buffers] or None
+                out.append(ValueRef("inline", v.digest, v.header, v.size, buffers, v.refs))
+            else:
+                out.append(None)
+                puts.append((len(out) - 1, v))
+        results = await asyncio.gather(*(self.store.put(v.header, v.buffers, digest=v.digest) for _, v in puts),
+                                       return_exceptions=True)
+        for (i, v), result in zip(puts, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("object store %s refused a value: %s", self.store.location, result)
+                out[i] = _StoreRefused(
+                    f"could not be written to the object store: {serialize.unserialisable_reason(result)}")
+            else:
+                digest, size = result
+                out[i] = ValueRef("blob", digest, None, size, None, v.refs)
+        return out
 
     def _mentioned(self, code: str) -> set[str]:
         """Identifiers in the code, plus the globals that cell-defined functions and classes it names use."""

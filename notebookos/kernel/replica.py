@@ -218,8 +218,10 @@ class ReplicaKernel(IPythonKernel):
         except CommitError as exc:
             # The cell ran here but its effect is not in the log: this namespace no longer matches the group's.
             self.diverged = f"replica {self.replica_id} ran a cell it could not commit: {exc}"
-            reply = self._publish_error("QuorumLost", f"{exc}. The cell's effects were not committed; the kernel's "
-                                        "state is as of the last committed cell.")
+            reply = self._publish_error(
+                "QuorumLost", f"{exc}. This replica ran the cell but could not commit it in time, so it will be "
+                "retired. Unless a majority had already received the entry (the kernel then tells you on the next "
+                "cell), the cell's effects are lost and the kernel's state is as of the last committed cell.")
         return reply
 
     def _write_state(self) -> None:

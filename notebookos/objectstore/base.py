@@ -132,8 +132,12 @@ class ObjectStore(abc.ABC):
     location: str = "?"
 
     @abc.abstractmethod
-    async def put(self, header: bytes, buffers: Sequence[Any]) -> tuple[str, int]:
-        """Store one value (pickle bytes and its out-of-band buffers); return ``(digest, total_size)``."""
+    async def put(self, header: bytes, buffers: Sequence[Any], digest: str | None = None) -> tuple[str, int]:
+        """Store one value (pickle bytes and its out-of-band buffers); return ``(digest, total_size)``.
+
+        ``digest``, when given, is :func:`content_digest` of the same parts, which the caller computed already:
+        the store may use it instead of hashing the value again.
+        """
 
     @abc.abstractmethod
     async def get(self, digest: str) -> tuple[bytes, list[memoryview]]:

@@ -107,9 +107,9 @@ class LocalDirectoryStore(ObjectStore):
         check_digest(digest)
         return self.root / digest[:2] / digest
 
-    async def put(self, header: bytes, buffers: Sequence[Any]) -> tuple[str, int]:
+    async def put(self, header: bytes, buffers: Sequence[Any], digest: str | None = None) -> tuple[str, int]:
         # Hashing and writing hundreds of MiB would stall the caller's event loop (heartbeats, requests).
-        return await asyncio.to_thread(self.put_sync, header, buffers)
+        return await asyncio.to_thread(self.put_sync, header, buffers, digest)
 
     async def get(self, digest: str) -> tuple[bytes, list[memoryview]]:
         if self.verify:
@@ -139,12 +139,12 @@ class LocalDirectoryStore(ObjectStore):
                 gone.append(digest)
         return gone
 
-    def put_sync(self, header: bytes, buffers: Sequence[Any]) -> tuple[str, int]:
+    def put_sync(self, header: bytes, buffers: Sequence[Any], digest: str | None = None) -> tuple[str, int]:
         """``put`` for callers without an event loop."""
         views = [memoryview(header).cast("B"), *(as_bytes_view(b) for b in buffers)]
         total = sum(v.nbytes for v in views)
         # Hash first (in parallel, faster than writing): content already stored costs no write at all.
-        digest = content_digest(views[0], views[1:])
+        digest = check_digest(digest) if digest is not None else content_digest(views[0], views[1:])
         final = self.path(digest)
         if final.is_file():
             return digest, total

@@ -11,6 +11,11 @@ Measures, and prints as a table with ratios:
   (what a user of a plain kernel does, losing the state).
 
 Usage: ``python benchmarks/bench_kernel.py [--quick] [--json OUT]``. Needs ``pip install -e .``.
+
+``--failover-under-load`` measures only failover, ``--kills`` times, while ``--hogs`` CPU-bound processes
+(``while True: pass``, started and killed here) compete for the cores; with ``--baseline-rev REV`` it first runs
+the same measure on a kernel whose processes import ``notebookos`` as of git revision REV (extracted with ``git
+archive`` and put first on ``PYTHONPATH``), and prints the ratio.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import queue
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,13 +47,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Bench:
-    def __init__(self, name: str, **config):
+    def __init__(self, name: str, env: dict[str, str] | None = None, **config):
         self.name = name
         self.km = KernelManager(kernel_name=name)
         if config:
             self.km.kernel_spec.metadata["kernel_provisioner"]["config"].update(config)
         started = time.perf_counter()
-        self.km.start_kernel()
+        self.km.start_kernel(**({"env": {**os.environ, **env}} if env else {}))
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=120)
@@ -187,7 +193,7 @@ def state_sync(bench: Bench, sizes_mib: list[int], repeats: int = 1) -> dict[int
     return seconds
 
 
-def failover(bench: Bench, repeats: int) -> list[float]:
+def failover(bench: Bench, repeats: int, settle: float = 1.0) -> list[float]:
     bench.run("import numpy as np\nkept = np.arange(1000)")
     times = []
     for _ in range(repeats):
@@ -203,8 +209,57 @@ def failover(bench: Bench, repeats: int) -> list[float]:
             if sum(r["alive"] and r["member"] for r in rows) == 3:
                 break
             time.sleep(0.2)
-        time.sleep(1.0)
+        time.sleep(settle)
     return times
+
+
+def cpu_hogs(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def failover_under_load(kills: int, hogs: int, settle: float, env: dict[str, str] | None = None) -> list[float]:
+    """Failover ``kills`` times on a fresh kernel while ``hogs`` busy loops compete for the cores."""
+    bench = Bench("notebookos", env=env)
+    busy = cpu_hogs(hogs)
+    try:
+        # Links between followers carry no traffic while a leader lives; PySyncObj counts a link idle for its
+        # connection timeout (2.4 s) as dead. Settling longer than that between kills is what a user sees.
+        return failover(bench, kills, settle=settle)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+        bench.shutdown()
+
+
+def baseline_source(rev: str) -> str:
+    """The ``notebookos`` package as of ``rev``, extracted into a temporary directory (for ``PYTHONPATH``)."""
+    root = Path(__file__).resolve().parent.parent
+    out = tempfile.mkdtemp(prefix=f"notebookos-{rev[:12]}-")
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "notebookos"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", out], input=archive, check=True)
+    return out
+
+
+def main_failover_under_load(args: argparse.Namespace) -> dict:
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                     "kills": args.kills, "hogs": args.hogs,
+                     "settle_s": args.settle}
+    variants = {}
+    if args.baseline_rev:
+        variants[f"baseline {args.baseline_rev}"] = {"PYTHONPATH": baseline_source(args.baseline_rev)}
+    variants["current"] = None
+    for name, env in variants.items():
+        times = failover_under_load(args.kills, args.hogs, args.settle, env)
+        results[name] = {"median_s": statistics.median(times), "max_s": max(times), "times_s": times}
+        print(f"{name:28} median {statistics.median(times):.3f} s  max {max(times):.3f} s  "
+              f"({', '.join(f'{t:.2f}' for t in times)})", flush=True)
+    if args.baseline_rev:
+        base, cur = results[f"baseline {args.baseline_rev}"], results["current"]
+        print(f"ratio current/baseline: median {cur['median_s'] / base['median_s']:.2f}x, "
+              f"max {cur['max_s'] / base['max_s']:.2f}x  (targets: median <= 0.5 s, max <= 2 s)")
+    return results
 
 
 def main() -> None:
@@ -214,6 +269,13 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--failover-under-load", action="store_true",
+                        help="only measure failover while --hogs busy loops compete for the CPUs")
+    parser.add_argument("--kills", type=int, default=10, help="executor kills for --failover-under-load")
+    parser.add_argument("--hogs", type=int, default=3, help="CPU-bound processes for --failover-under-load")
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="with --failover-under-load: seconds between a replacement joining and the next kill")
+    parser.add_argument("--baseline-rev", help="with --failover-under-load: also measure this git revision")
     args = parser.parse_args()
     sizes = [1, 16, 256]
     repeats = 3
@@ -224,6 +286,12 @@ def main() -> None:
     install_kernelspec(prefix=prefix)
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [f"{prefix}/share/jupyter",
                                                                 os.environ.get("JUPYTER_PATH")]))
+    if args.failover_under_load:
+        results = main_failover_under_load(args)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2))
+        return
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
 
     starts: dict[str, list[float]] = {"python3": [], "notebookos": []}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException
+from pysyncobj.monotonic import monotonic as _raft_clock
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.tcp_server import TcpServer
@@ -91,6 +92,8 @@ class _GuardedConnection(TcpConnection):
 
     def __init__(self, *args: Any, limits: _Limits, **kwargs: Any):
         self.limits = limits
+        # When a quiet link was last given grace (PySyncObj's clock, CLOCK_MONOTONIC_RAW, like its read times).
+        self._grace_from: float | None = None
         self.authenticated = False
         self.opened = time.monotonic()
         self.rejected: str | None = None  # why this side closed it, for the log and tests
@@ -124,6 +127,34 @@ class _GuardedConnection(TcpConnection):
                 self._reject(why)
                 return False
         return more
+
+    # -- idle links are not dead links --------------------------------------------------------------------------
+    # PySyncObj considers a connection dead when it has read nothing for ``connectionTimeout`` (2.4 s), checked
+    # when it sends or has an event. While a leader lives, the link between the two followers carries nothing at
+    # all, so after 2.4 s of quiet the first message on it -- the vote request of a survivor told to campaign --
+    # tore it down instead of going out, and the receiving side did the same to an arriving vote request before
+    # reading it. The election then waited for timeouts and split votes (median 2 s, up to 4-6 s under load).
+    # Here a link found quiet past the timeout gets one more timeout of grace from that moment: the message goes
+    # out (or the arriving one is read), and only if nothing is read during the grace is the link dropped. A hung
+    # peer is thus dropped after one to two timeouts instead of one; Raft does not depend on it (a leader steps
+    # down after ``leaderFallbackTimeout`` without answers, followers elect after their election timeout).
+    # ("Awaiting a reply" cannot be told from the traffic: some messages, like the address a connecting node sends
+    # after the key exchange or a vote request a peer that already voted ignores, never get one.)
+    def _TcpConnection__processConnectionTimeout(self) -> None:
+        now = _raft_clock()
+        last_read = self._TcpConnection__lastReadTime
+        timeout = self._TcpConnection__timeout
+        if now - last_read <= timeout:
+            return
+        grace = self._grace_from
+        if grace is None or grace < last_read:
+            self._grace_from = now  # quiet, not known dead: give it a timeout to show life
+        elif now - grace > timeout:
+            self.disconnect()
+
+    def disconnect(self) -> None:
+        self._grace_from = None
+        super().disconnect()
 
     def _TcpConnection__processParseMessage(self) -> Any:
         why = self._over_limits()  # the head frame changes after each parsed message

@@ -160,12 +160,23 @@ def test_inline_budget_sends_the_rest_of_a_large_delta_to_the_store(store):
     follower = Replica(store, inline_limit=1000, inline_budget=2900)
     delta, _ = step(leader, follower, "\n".join(f"v{i} = bytearray([{i}]) * 800" for i in range(5)) + "\n")
     kinds = [record_of(leader, delta, f"v{i}").body.kind for i in range(5)]
-    assert kinds == ["inline"] * 3 + ["blob"] * 2
+    assert kinds == ["inline"] * 3 + ["packed"] * 2  # small: stored together, one blob for the cell
     assert all(follower.ns[f"v{i}"] == bytes([i]) * 800 for i in range(5))
     delta, _ = step(leader, follower, "v0, v1, v2, v3, v4\n")
     assert delta.updated == {} and delta.nodes == {}
     delta = follower.run_cell("v0, v1, v2, v3, v4\n")  # the follower, leading, agrees nothing changed
     assert delta.updated == {} and delta.nodes == {}
+
+
+def test_many_small_objects_past_the_budget_share_one_blob(store):
+    leader = Replica(store, inline_budget=10_000)
+    follower = Replica(store, inline_budget=10_000)
+    puts = store.puts
+    delta, _ = step(leader, follower, "rows = [[i, str(i)] for i in range(3000)]\nrows[5].append(rows[7])\n")
+    assert len(delta.nodes) == 3001 and store.puts <= puts + 2  # records and names: a pack each at most
+    assert len(pickle.dumps(delta)) < 1_000_000
+    assert follower.ns["rows"][2999] == [2999, "2999"] and follower.ns["rows"][5][2] is follower.ns["rows"][7]
+    assert_same(leader, follower)
 
 
 def test_functions_bind_to_the_follower_namespace(pair):

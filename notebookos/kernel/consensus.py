@@ -318,6 +318,12 @@ class RaftTuning:
     preauth_bytes: int = 64 * 2**10  # the key exchange and address frames are ~200 bytes each
     auth_timeout: float = 5.0
     max_unauthenticated: int = 16
+    # PySyncObj sends an entry at least this large in chunks, and marks the last chunk by comparing offsets with the
+    # entry's length *before* pickling it with protocol 2, which writes binary bytes as latin-1 text re-encoded as
+    # UTF-8 (up to twice as long): the follower then unpickles a truncated entry, fails, and the entry never
+    # commits. No cell entry comes near this size (values over 1 MiB, and past 4 MiB per cell, go to the object
+    # store), so entries always travel whole.
+    append_entries_batch_bytes: int = 16 * 2**20
 
     def conf(self, secret: str | None) -> SyncObjConf:
         conf = SyncObjConf(
@@ -326,6 +332,7 @@ class RaftTuning:
             autoTickPeriod=self.startup_tick_period,
             appendEntriesPeriod=self.append_entries_period,
             appendEntriesUseBatch=False,
+            appendEntriesBatchSizeBytes=self.append_entries_batch_bytes,
             raftMinTimeout=self.election_timeout_min,
             raftMaxTimeout=self.election_timeout_max,
             connectionTimeout=max(self.connection_timeout, self.election_timeout_max),

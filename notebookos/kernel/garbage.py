@@ -27,8 +27,13 @@ from typing import Any
 
 
 def blob_digest(ref: Any) -> str | None:
-    """The store digest a committed ref depends on, or None for inline values and modules."""
-    return ref.digest if ref is not None and getattr(ref, "kind", None) == "blob" else None
+    """The store digest a committed ref depends on, or None for inline values."""
+    kind = getattr(ref, "kind", None)
+    if kind == "blob":
+        return ref.digest
+    if kind == "packed":  # one of many small values stored together (namespace.ValueRef.pack)
+        return ref.pack
+    return None
 
 
 class BlobLedger:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import re
 import types
 import weakref
@@ -51,10 +52,13 @@ from .graph import NodeRecord, ObjectTable
 
 log = logging.getLogger(__name__)
 
-INLINE_LIMIT = 1 << 20  # values whose serialised size exceeds this go to the object store
-# In-band bytes one delta may carry; further changed values go to the object store even if small, because a
-# Raft entry's commit time grows with its size (~15 ms per MB with PySyncObj) and blocks the next cell.
-INLINE_BUDGET = 4 << 20
+INLINE_LIMIT = 256 << 10  # values whose serialised size exceeds this go to the object store
+# In-band bytes one delta may carry; further changed values go to the object store even if small. PySyncObj
+# pickles, compresses and encrypts an entry on its tick thread once per follower (and a follower undoes it on
+# its own), which for incompressible bytes costs ~0.1 s per MB and per follower on a small host and delays
+# heartbeats; the local object store writes a MB in well under a millisecond.
+INLINE_BUDGET = 1 << 20
+PACK_LIMIT = 64 << 10  # past the budget, values smaller than this are stored together in one blob per cell
 REHASH_LIMIT = 64 << 10  # names whose graph's records are smaller than this are re-examined after every cell
 REHASH_NODES = 64  # ... and that have at most this many nodes
 HASH_IN_PARALLEL = 64 << 10  # record parts this large are hashed on the digest pool, all of a cell's at once
@@ -77,12 +81,16 @@ class ValueRef:
     ``refs`` are the node ids the value refers to (for a binding; a record lists them itself).
     """
 
-    kind: str  # "inline" | "blob"
-    digest: str  # content digest
+    kind: str  # "inline" | "blob" | "packed"
+    digest: str  # content digest of this value
     data: bytes | None = field(default=None, repr=False)  # inline: the pickle bytes
     size: int = 0
     buffers: list[bytes] | None = field(default=None, repr=False)  # inline: out-of-band buffers, if any
     refs: tuple[str, ...] = ()
+    # packed: small values past a cell's in-band budget travel together, as entry ``slot`` of the blob ``pack``
+    # (a cell that creates 10,000 small objects writes one blob, not 10,000)
+    pack: str | None = None
+    slot: int = 0
 
 
 @dataclass
@@ -208,6 +216,7 @@ class NamespaceTracker:
         self._pinned: set[str] = set()  # nodes the extras (Out values) keep alive
         self._missing_nodes: dict[str, str] = {}  # oid -> digest of its missing blob
         self._blamed: list[str] = []  # failed nodes already reported under a name
+        self._packs: dict[str, list] = {}  # recently read packs of small values (see ValueRef.pack)
 
     # -- shared ----------------------------------------------------------------------------------------------
     def _names(self) -> list[str]:
@@ -478,14 +487,32 @@ class NamespaceTracker:
         holds (written concurrently). A value the store refused gives a :class:`_StoreRefused`."""
         out: list[ValueRef | _StoreRefused | None] = []
         puts = []
+        packed: list[tuple[int, _Serialised]] = []
         for v in values:
             if v.size <= self.inline_limit and spent[0] + v.size <= self.inline_budget:
                 spent[0] += v.size
                 buffers = [bytes(b) for b in v.buffers] or None
                 out.append(ValueRef("inline", v.digest, v.header, v.size, buffers, v.refs))
+            elif v.size < PACK_LIMIT:
+                out.append(None)
+                packed.append((len(out) - 1, v))
             else:
                 out.append(None)
                 puts.append((len(out) - 1, v))
+        if packed:
+            pack = pickle.dumps([(v.header, [bytes(b) for b in v.buffers]) for _, v in packed],
+                                protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                pack_digest, _ = await self.store.put(pack, [])
+            except Exception as exc:
+                log.error("object store %s refused a value: %s", self.store.location, exc)
+                refused = _StoreRefused(
+                    f"could not be written to the object store: {serialize.unserialisable_reason(exc)}")
+                for i, _ in packed:
+                    out[i] = refused
+            else:
+                for slot, (i, v) in enumerate(packed):
+                    out[i] = ValueRef("packed", v.digest, None, v.size, None, v.refs, pack_digest, slot)
         results = await asyncio.gather(*(self.store.put(v.header, v.buffers, digest=v.digest) for _, v in puts),
                                        return_exceptions=True)
         for (i, v), result in zip(puts, results, strict=True):
@@ -648,6 +675,14 @@ class NamespaceTracker:
     async def _fetch(self, ref: ValueRef) -> tuple[bytes | memoryview, list]:
         if ref.kind == "inline":
             return ref.data, list(ref.buffers or ())
+        if ref.kind == "packed":
+            pack = self._packs.get(ref.pack)
+            if pack is None:
+                header, _ = await self.store.get(ref.pack)
+                pack = self._packs[ref.pack] = pickle.loads(header)
+                while len(self._packs) > 4:  # the packs of the entry being applied, not every pack ever read
+                    del self._packs[next(iter(self._packs))]
+            return pack[ref.slot]
         if ref.kind == "blob":
             return await self.store.get(ref.digest)
         raise ValueError(f"unknown value kind {ref.kind!r}")

@@ -481,3 +481,25 @@ def test_a_store_failure_is_reported_not_raised(tmp_path):
     assert delta.unserialisable == {
         "big": "could not be written to the object store: No space left on device"
     }
+
+
+def test_in_place_writes_that_bypass_the_version_counter(pair):
+    pytest.importorskip("torch")
+    leader, follower = pair
+    step(leader, follower, "import torch\nt = torch.zeros(4)\nholder = [t]\n")
+    # .data skips the version counter; a cell that says .data has its tensors re-hashed.
+    delta, _ = step(leader, follower, "holder[0].data.add_(1)\n")
+    assert float(follower.ns["t"][0]) == 1.0 and follower.ns["holder"][0] is follower.ns["t"]
+
+
+def test_a_numpy_view_of_a_tensor_is_replicated_as_a_copy_with_a_warning(pair):
+    pytest.importorskip("torch")
+    leader, follower = pair
+    step(leader, follower, "import torch\nt = torch.zeros(3)\n")
+    delta, _ = step(leader, follower, "a = t.numpy()\n")
+    assert "shares memory with a torch tensor" in leader.tracker.caveats["a"]
+    step(leader, follower, "x = 1\n")
+    assert leader.tracker.caveats == {}  # said once, not after every cell
+    # The documented limitation: on the follower the two are separate memory.
+    step(leader, follower, "a[0] = 5\n")
+    assert follower.ns["a"][0] == 5 and float(follower.ns["t"][0]) == 0.0

@@ -241,6 +241,7 @@ class Reduction:
     body: tuple | None  # (state, listitems, dictitems, state_setter)
     transient: list  # objects built for this reduction only: they travel by value, never as nodes
     signal: tuple | None = None  # tensors: unchanged signal => unchanged record
+    caveat: str | None = None  # what a follower will hold differently, for the cell's output
 
 
 def tensor_signal(t: Any) -> tuple:
@@ -351,8 +352,13 @@ def _reduce_array(arr: Any, np: Any) -> Reduction:
         offset = arr.__array_interface__["data"][0] - root.__array_interface__["data"][0]
         return Reduction((_np_view, (root, offset, arr.shape, arr.strides, arr.dtype, arr.flags.writeable)), None, [])
     data = np.ascontiguousarray(arr).reshape(-1).view(np.uint8) if arr.size else b""
+    caveat = None
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(arr.base, torch.Tensor):
+        caveat = ("shares memory with a torch tensor (Tensor.numpy()); replicas hold it as a separate copy, so "
+                  "after a failover writes through one are not seen through the other")
     return Reduction((_np_array, (arr.shape, arr.dtype, arr.flags.writeable)),
-                     (pickle.PickleBuffer(data) if arr.size else b"", None, None, _fill_array), [])
+                     (pickle.PickleBuffer(data) if arr.size else b"", None, None, _fill_array), [], caveat=caveat)
 
 
 def _reduce_tensor(t: Any, torch: Any) -> Reduction | None:

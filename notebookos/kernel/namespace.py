@@ -70,6 +70,7 @@ IPYTHON_NAMES = frozenset(
 _IPYTHON_CACHE_NAME = re.compile(r"_i?\d+")
 # Over the raw text, so IPython magics and shell escapes (which are not Python) do not get in the way.
 _IDENTIFIER = re.compile(r"[^\W\d]\w*")
+_BYPASSES_VERSION = re.compile(r"\.data\b|\.numpy\(|from_numpy|frombuffer|dlpack|\.untyped_storage\(")
 
 _MISSING = object()
 
@@ -185,6 +186,9 @@ class _Walk:
         self.failed: dict[str, str] = {}  # oid -> reason
         self.parents: dict[str, set[str]] = {}  # child oid -> the oids whose records refer to it
         self.new: set[str] = set()  # oids allocated during this walk
+        self.caveats: dict[str, str] = {}  # oid -> what followers hold differently (graph.Reduction.caveat)
+        self.root = ""  # the name being walked from, for caveats
+        self.distrust_signals = False  # re-hash tensors even when their version counter did not move
 
 
 class NamespaceTracker:
@@ -217,6 +221,9 @@ class NamespaceTracker:
         self._missing_nodes: dict[str, str] = {}  # oid -> digest of its missing blob
         self._blamed: list[str] = []  # failed nodes already reported under a name
         self._packs: dict[str, list] = {}  # recently read packs of small values (see ValueRef.pack)
+        self._cautioned: set[str] = set()  # nodes whose caveat the user was already shown
+        #: name -> what followers hold differently, from the last capture (shown in the cell's output, once)
+        self.caveats: dict[str, str] = {}
 
     # -- shared ----------------------------------------------------------------------------------------------
     def _names(self) -> list[str]:
@@ -262,6 +269,8 @@ class NamespaceTracker:
         ]
 
         walk = _Walk()
+        # Writes through ``t.data`` or a numpy view of a tensor's memory do not bump its version counter.
+        walk.distrust_signals = bool(_BYPASSES_VERSION.search(code or ""))
         values: dict[str, _Serialised] = {}
         reasons: dict[str, str] = {}
         for n in candidates:
@@ -270,6 +279,7 @@ class NamespaceTracker:
             except Exception as exc:  # pickling runs arbitrary user __reduce__ code
                 reasons[n] = serialize.unserialisable_reason(exc)
                 continue
+            walk.root = n
             self._walk(values[n].refs, walk)
         extra_values: dict[str, _Serialised] = {}
         extra_reasons: dict[str, str] = {}
@@ -279,6 +289,7 @@ class NamespaceTracker:
             except Exception as exc:
                 extra_reasons[key] = serialize.unserialisable_reason(exc)
                 continue
+            walk.root = key
             self._walk(extra_values[key].refs, walk)
 
         await self._compare(walk)
@@ -357,6 +368,7 @@ class NamespaceTracker:
             self.table.drop(gone)
             nodes = {oid: r for oid, r in nodes.items() if oid not in set(gone)}
             dropped = sorted(oid for oid in gone if oid not in walk.new)  # followers never saw the others
+        self.caveats = walk.caveats
         return CellDelta(updated=updated, deleted=deleted, unserialisable=reasons, extras=extra_refs,
                          unserialisable_extras=extra_reasons, nodes=nodes, dropped=dropped)
 
@@ -453,7 +465,8 @@ class NamespaceTracker:
     def _examine(self, oid: str, node: graph.Node, walk: _Walk) -> tuple[str, ...]:
         """Re-reduce one node; note it in ``walk.changed`` if its record differs. Returns the oids it refers to."""
         obj = node.obj
-        if node.record is not None and node.signal is not None and graph._signal_of(obj) == node.signal:
+        if node.record is not None and node.signal is not None and not walk.distrust_signals \
+                and graph._signal_of(obj) == node.signal:
             return node.record.refs
         reduction = graph.reduce_node(obj, self._reducer())
         ctor = self._serialised(*graph.dump_part(reduction.ctor, self.user_ns, self.table, reduction.transient),
@@ -463,6 +476,9 @@ class NamespaceTracker:
             body = self._serialised(*graph.dump_part(reduction.body, self.user_ns, self.table, reduction.transient),
                                     defer=True)
         walk.examined[oid] = (ctor, body, reduction.signal)
+        if reduction.caveat is not None and oid not in self._cautioned:
+            self._cautioned.add(oid)
+            walk.caveats[walk.root] = reduction.caveat
         return ctor.refs + (body.refs if body is not None else ())
 
     def _reducer(self) -> serialize.NamespacePickler:

@@ -254,8 +254,10 @@ class ReplicaKernel(IPythonKernel):
         lost = dict(delta.unserialisable)
         if "Out" in delta.unserialisable_extras:
             lost[f"Out[{n}]"] = delta.unserialisable_extras["Out"]
-        if lost:
-            sys.stderr.write(format_unserialisable_warning(lost) + "\n")
+        warnings = [format_unserialisable_warning(lost)] if lost else []
+        warnings += [f"Warning: {name!r} {caveat}." for name, caveat in sorted(self.tracker.caveats.items())]
+        if warnings:
+            sys.stderr.write("\n".join(warnings) + "\n")
             sys.stderr.flush()
         parsed = shell.history_manager.input_hist_parsed
         entry = {

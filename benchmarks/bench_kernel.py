@@ -47,13 +47,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Bench:
-    def __init__(self, name: str, env: dict[str, str] | None = None, **config):
+    def __init__(self, name: str, env: dict[str, str] | None = None, cwd: str | None = None, **config):
         self.name = name
         self.km = KernelManager(kernel_name=name)
         if config:
             self.km.kernel_spec.metadata["kernel_provisioner"]["config"].update(config)
         started = time.perf_counter()
-        self.km.start_kernel(**({"env": {**os.environ, **env}} if env else {}))
+        kwargs = {"env": {**os.environ, **env}} if env else {}
+        self.km.start_kernel(**kwargs, **({"cwd": cwd} if cwd else {}))
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=120)
@@ -219,7 +220,13 @@ def cpu_hogs(n: int) -> list[subprocess.Popen]:
 
 def failover_under_load(kills: int, hogs: int, settle: float, env: dict[str, str] | None = None) -> list[float]:
     """Failover ``kills`` times on a fresh kernel while ``hogs`` busy loops compete for the cores."""
-    bench = Bench("notebookos", env=env)
+    # Outside the checkout: ``python -m`` puts the working directory ahead of PYTHONPATH, which would shadow the
+    # baseline's package with this one.
+    bench = Bench("notebookos", env=env, cwd=tempfile.mkdtemp(prefix="notebookos-bench-cwd-"))
+    source = bench.value("__import__('notebookos').__file__")
+    expected = (env or {}).get("PYTHONPATH") or str(Path(__file__).resolve().parent.parent)
+    if not source.startswith(expected):
+        raise RuntimeError(f"the kernel imported notebookos from {source}, not from {expected}")
     busy = cpu_hogs(hogs)
     try:
         # Links between followers carry no traffic while a leader lives; PySyncObj counts a link idle for its

@@ -260,8 +260,8 @@ def test_large_unmentioned_value_with_same_id_is_not_rehashed(pair, store, monke
     leader, follower = pair
     step(leader, follower, f"import numpy as np\nbig = np.zeros({BIG})\n")
     reduced = []
-    real_reduce = nsmod.graph.reduce_node
-    monkeypatch.setattr(nsmod.graph, "reduce_node", lambda obj, p: reduced.append(obj) or real_reduce(obj, p))
+    real_reduce = nsmod.reduction.reduce_node
+    monkeypatch.setattr(nsmod.reduction, "reduce_node", lambda obj, p: reduced.append(obj) or real_reduce(obj, p))
     puts = store.puts
     step(leader, follower, "x = 1\n")
     assert not any(o is leader.ns["big"] for o in reduced) and store.puts == puts

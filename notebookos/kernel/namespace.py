@@ -40,15 +40,15 @@ import asyncio
 import logging
 import pickle
 import re
-import types
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..objectstore.base import ObjectNotFound, ObjectStore, as_bytes_view, content_digest
-from . import graph, serialize
+from . import graph, mentions, reduction, serialize
 from .graph import NodeRecord, ObjectTable
+from .install import Installer, same_record
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,6 @@ IPYTHON_NAMES = frozenset(
     {"_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh", "In", "Out", "exit", "quit", "get_ipython"}
 )
 _IPYTHON_CACHE_NAME = re.compile(r"_i?\d+")
-# Over the raw text, so IPython magics and shell escapes (which are not Python) do not get in the way.
-_IDENTIFIER = re.compile(r"[^\W\d]\w*")
 _BYPASSES_VERSION = re.compile(r"\.data\b|\.numpy\(|from_numpy|frombuffer|dlpack|\.untyped_storage\(")
 
 _MISSING = object()
@@ -168,13 +166,6 @@ class _Serialised:
     size: int
 
 
-def _code_names(code: types.CodeType) -> Iterator[str]:
-    yield from code.co_names
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _code_names(const)
-
-
 class _Walk:
     """One capture's walk over the nodes reachable from its candidates."""
 
@@ -261,7 +252,7 @@ class NamespaceTracker:
         names = self._names()
         current = set(names)
         deleted = sorted(n for n in bindings if n not in current)
-        mentioned = self._mentioned(code or "")
+        mentioned = mentions.mentioned(code or "", ns)
         candidates = [
             n for n in names
             if (b := bindings.get(n)) is None or not b.same_object(ns[n]) or n in mentioned
@@ -345,7 +336,7 @@ class NamespaceTracker:
             if node.record is not None and not set(node.record.refs).issubset(record.refs):
                 sweep = True
             node.record = record
-            node.signal = graph._signal_of(node.obj)
+            node.signal = reduction.signal_of(node.obj)
         for n in deleted:
             del bindings[n]
         for n in reasons:
@@ -463,22 +454,23 @@ class NamespaceTracker:
                     work.append(child)
 
     def _examine(self, oid: str, node: graph.Node, walk: _Walk) -> tuple[str, ...]:
-        """Re-reduce one node; note it in ``walk.changed`` if its record differs. Returns the oids it refers to."""
+        """Re-reduce one node into ``walk.examined`` (compared once hashed, see :meth:`_compare`); return the oids
+        it refers to."""
         obj = node.obj
         if node.record is not None and node.signal is not None and not walk.distrust_signals \
-                and graph._signal_of(obj) == node.signal:
+                and reduction.signal_of(obj) == node.signal:
             return node.record.refs
-        reduction = graph.reduce_node(obj, self._reducer())
-        ctor = self._serialised(*graph.dump_part(reduction.ctor, self.user_ns, self.table, reduction.transient),
+        parts = reduction.reduce_node(obj, self._reducer())
+        ctor = self._serialised(*graph.dump_part(parts.ctor, self.user_ns, self.table, parts.transient),
                                 defer=True)
         body = None
-        if reduction.body is not None:
-            body = self._serialised(*graph.dump_part(reduction.body, self.user_ns, self.table, reduction.transient),
+        if parts.body is not None:
+            body = self._serialised(*graph.dump_part(parts.body, self.user_ns, self.table, parts.transient),
                                     defer=True)
-        walk.examined[oid] = (ctor, body, reduction.signal)
-        if reduction.caveat is not None and oid not in self._cautioned:
+        walk.examined[oid] = (ctor, body, parts.signal)
+        if parts.caveat is not None and oid not in self._cautioned:
             self._cautioned.add(oid)
-            walk.caveats[walk.root] = reduction.caveat
+            walk.caveats[walk.root] = parts.caveat
         return ctor.refs + (body.refs if body is not None else ())
 
     def _reducer(self) -> serialize.NamespacePickler:
@@ -541,56 +533,6 @@ class NamespaceTracker:
                 out[i] = ValueRef("blob", digest, None, size, None, v.refs)
         return out
 
-    def _mentioned(self, code: str) -> set[str]:
-        """Identifiers in the code, plus the globals that cell-defined functions and classes it names use."""
-        ns = self.user_ns
-        found: set[str] = set()
-        work = list(set(_IDENTIFIER.findall(code)))
-        seen_codes: set[int] = set()
-        seen_types: set[int] = set()
-        while work:
-            name = work.pop()
-            if name in found:
-                continue
-            found.add(name)
-            obj = ns.get(name, _MISSING)
-            if obj is _MISSING or isinstance(obj, types.ModuleType):
-                continue
-            try:
-                codes = list(self._codes_of(obj, seen_types))
-            except Exception:  # odd user types (proxies, broken descriptors) only lose this refinement
-                log.debug("could not inspect %r for the globals it uses", name, exc_info=True)
-                continue
-            for code_obj in codes:
-                if id(code_obj) not in seen_codes:
-                    seen_codes.add(id(code_obj))
-                    work.extend(n for n in _code_names(code_obj) if n not in found and n in ns)
-        return found
-
-    def _codes_of(self, obj: Any, seen_types: set[int]) -> Iterator[types.CodeType]:
-        ns = self.user_ns
-        if isinstance(obj, types.MethodType):
-            obj = obj.__func__
-        if isinstance(obj, types.FunctionType):
-            if obj.__globals__ is ns:
-                yield obj.__code__
-            return
-        cls = obj if isinstance(obj, type) else type(obj)
-        for klass in cls.__mro__:
-            if id(klass) in seen_types or klass.__module__ == "builtins":
-                continue
-            seen_types.add(id(klass))
-            for attr in list(vars(klass).values()):
-                if isinstance(attr, property):
-                    funcs: tuple[Any, ...] = (attr.fget, attr.fset, attr.fdel)
-                elif isinstance(attr, staticmethod | classmethod):
-                    funcs = (attr.__func__,)
-                else:
-                    funcs = (attr,)
-                for f in funcs:
-                    if isinstance(f, types.FunctionType) and f.__globals__ is ns:
-                        yield f.__code__
-
     # -- followers -------------------------------------------------------------------------------------------
     async def apply(self, delta: CellDelta) -> dict[str, object]:
         """Make the namespace reflect ``delta``; return its extras, materialised."""
@@ -631,7 +573,7 @@ class NamespaceTracker:
         self.missing = {n: d for n, d in self.missing.items() if n in records}
         stale = [oid for oid in self.table.nodes if oid not in nodes]
         self.table.drop(stale)
-        changed = {oid: r for oid, r in nodes.items() if not _same_record(self.table.nodes.get(oid), r)}
+        changed = {oid: r for oid, r in nodes.items() if not same_record(self.table.nodes.get(oid), r)}
         failed = await self._install(changed)
         self._pinned = set(pinned) & set(nodes)
         keep = {n for n, ref in records.items()
@@ -724,7 +666,7 @@ class NamespaceTracker:
         await asyncio.gather(*(fetch(oid, which, ref) for oid, r in records.items()
                                for which, ref in (("ctor", r.ctor), ("body", r.body)) if ref is not None))
         with graph.loading(self.user_ns):
-            _Installer(self, records, parts, failed).run()
+            Installer(self.table, self.user_ns, records, parts, failed).run()
         for oid in records:
             if oid not in failed:
                 self._missing_nodes.pop(oid, None)
@@ -740,113 +682,3 @@ class _StoreRefused(Exception):
 class _NullFile:
     def write(self, data: bytes) -> int:
         return len(data)
-
-
-def _same_record(node: graph.Node | None, record: NodeRecord) -> bool:
-    if node is None or node.record is None:
-        return False
-    old = node.record
-    return old.ctor.digest == record.ctor.digest and (
-        (old.body is None and record.body is None)
-        or (old.body is not None and record.body is not None and old.body.digest == record.body.digest))
-
-
-class _Installer:
-    """Applies node records to a tracker's table: constructors in dependency order, then state."""
-
-    def __init__(self, tracker: NamespaceTracker, records: dict[str, NodeRecord],
-                 parts: dict[tuple[str, str], tuple[Any, list]], failed: dict[str, str]):
-        self.tracker = tracker
-        self.table = tracker.table
-        self.records = records
-        self.parts = parts
-        self.failed = failed
-        self.fresh: set[str] = set()
-        self.filled: set[str] = set()
-        self.constructing: set[str] = set()
-        self.done: set[str] = set()
-
-    def run(self) -> None:
-        for oid in self.records:
-            self._construct(oid)
-        for oid in self._fill_order():
-            if oid in self.failed or oid in self.filled or self.records[oid].body is None:
-                continue
-            try:
-                body = self._load(oid, "body")
-                graph.fill(self.table.obj(oid), body, oid in self.fresh)
-            except Exception as exc:
-                log.exception("could not fill node %s", oid)
-                self.failed[oid] = f"{type(exc).__name__}: {exc}"
-        for oid, record in self.records.items():
-            node = self.table.nodes.get(oid)
-            if node is not None and oid not in self.failed:
-                node.record = record
-                node.signal = graph._signal_of(node.obj)
-
-    def _load(self, oid: str, which: str) -> Any:
-        header, buffers = self.parts[oid, which]
-        return graph.load_part(header, buffers, self.tracker.user_ns, self._resolve)
-
-    def _resolve(self, oid: str) -> Any:
-        if oid in self.records and oid not in self.done:
-            self._construct(oid)
-        if oid in self.failed:
-            raise KeyError(f"node {oid} could not be loaded ({self.failed[oid]})")
-        return self.table.obj(oid)
-
-    def _construct(self, oid: str) -> None:
-        if oid in self.done or oid in self.failed:
-            return
-        if oid in self.constructing:
-            raise RecursionError(f"node {oid} is needed to construct itself")
-        self.constructing.add(oid)
-        try:
-            record = self.records[oid]
-            node = self.table.nodes.get(oid)
-            if node is not None and node.record is not None and node.record.ctor.digest == record.ctor.digest:
-                return
-            func, args = self._load(oid, "ctor")
-            if node is not None and graph.reconstruct_in_place(node.obj, func, args):
-                return
-            obj = self._build(oid, func, args, record)
-            self.table.bind(oid, obj, None)
-            self.fresh.add(oid)
-        except Exception as exc:
-            log.exception("could not construct node %s", oid)
-            self.failed[oid] = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.constructing.discard(oid)
-            self.done.add(oid)
-
-    def _build(self, oid: str, func: Any, args: tuple, record: NodeRecord) -> Any:
-        """Construct a new node; an array or tensor whose data came from the store maps it instead of copying."""
-        if func in (graph._np_array, graph._tensor_empty) and record.body is not None and record.body.kind == "blob":
-            _, buffers = self.parts[oid, "body"]
-            if buffers and not memoryview(buffers[0]).readonly:
-                self.filled.add(oid)
-                return graph.from_buffer(func, args, buffers[0])
-        return graph.construct(func, args)
-
-    def _fill_order(self) -> list[str]:
-        """Children before parents (post-order over the records' body references)."""
-        order: list[str] = []
-        seen: set[str] = set()
-        for start in self.records:
-            if start in seen:
-                continue
-            stack = [(start, iter(self.records[start].body_refs))]
-            seen.add(start)
-            while stack:
-                oid, children = stack[-1]
-                for child in children:
-                    if child in self.records and child not in seen:
-                        seen.add(child)
-                        stack.append((child, iter(self.records[child].body_refs)))
-                        break
-                else:
-                    stack.pop()
-                    order.append(oid)
-        return order
-
-

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from notebookos import __version__
 from notebookos import kernelspec as ks
+from notebookos.kernel.front.options import MAX_REPLICAS
 from notebookos.scheduler import app_cli
 
 #: The jupyter_server trait that picks the kernel for new notebooks (``GET /api/kernelspecs`` reports it
@@ -32,14 +33,15 @@ DEFAULT_KERNEL_FLAG = f"--MultiKernelManager.default_kernel_name={ks.KERNEL_NAME
 
 
 def _replicas_arg(value: str) -> int:
-    """argparse type for ``--replicas``: an integer >= 1."""
+    """argparse type for ``--replicas``: what ``validate_replicas`` accepts."""
     try:
         n = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {n}")
-    return n
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_REPLICAS}, got {value!r}") from None
+    try:
+        return ks.validate_replicas(n)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _in_virtual_env() -> bool:

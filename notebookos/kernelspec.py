@@ -25,11 +25,14 @@ _LOGO_FILES = ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg")
 
 
 def validate_replicas(replicas: Any) -> int:
-    """Return ``replicas`` as an int, or raise ``ValueError`` unless it is an integer >= 1."""
+    """Return ``replicas`` as an int, or raise ``ValueError`` unless it is an integer from 1 to MAX_REPLICAS."""
+    from .kernel.front.options import MAX_REPLICAS
+
     if isinstance(replicas, bool) or not isinstance(replicas, int):
-        raise ValueError(f"replicas must be an integer >= 1, got {replicas!r}")
-    if replicas < 1:
-        raise ValueError(f"replicas must be an integer >= 1, got {replicas}")
+        raise ValueError(f"replicas must be an integer from 1 to {MAX_REPLICAS}, got {replicas!r}")
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f"replicas must be an integer from 1 to {MAX_REPLICAS} (3 survives the loss of one "
+                         f"replica, 5 of two), got {replicas}")
     return replicas
 
 

@@ -113,9 +113,11 @@ class _GuardedConnection(TcpConnection):
                 state = "authenticated" if self.authenticated else "unauthenticated"
                 return f"{state} peer declared a {declared}-byte frame (limit {bound})"
         # An authenticated peer may have several frames in flight; the head frame's check bounds each of them, and
-        # this bounds how many sit unread (the parser runs only once the socket is drained).
-        if len(buffered) > 2 * bound + _FRAME_PREFIX.size:
-            return f"{len(buffered)} bytes buffered without a complete frame (limit {bound})"
+        # this bounds how many sit unread (the parser runs only once the socket is drained). A stranger gets
+        # ``preauth`` bytes in all.
+        total = 2 * bound + _FRAME_PREFIX.size if self.authenticated else bound + _FRAME_PREFIX.size
+        if len(buffered) > total:
+            return f"{len(buffered)} bytes buffered unparsed (limit {total})"
         return None
 
     # PySyncObj names its read and parse steps privately; overriding the mangled names is the only hook it offers.

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pysyncobj.pickle as pysyncobj_pickle
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException
 from pysyncobj.monotonic import monotonic as _raft_clock
 from pysyncobj.poller import POLL_EVENT_TYPE
@@ -36,6 +37,25 @@ _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_
 # Outcomes after which the proposal is known not to be in the log (or is deduplicated if it is): retry.
 _TRANSIENT = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED,
               FAIL_REASON.DISCARDED, FAIL_REASON.QUEUE_FULL}
+
+
+# -- large entries ------------------------------------------------------------------------------------------------
+# PySyncObj sends an entry of appendEntriesBatchSizeBytes (64 KiB) or more in chunks of that size, and labels as
+# the last one the first chunk that reaches the length of the entry's *command*, while what it cuts is the pickle
+# of (command, index, term), which is longer: the follower unpickles a truncated entry, fails, and the entry never
+# commits (a cell that made a 64-layer model timed out after 10 s). With PySyncObj's protocol 2, binary bytes are
+# written as latin-1 text re-encoded as UTF-8, up to twice as long, so nearly every large entry failed. With a
+# binary protocol the pickle is longer by a few dozen bytes only, and a payload padded clear of the chunk ends
+# (trailing bytes after a pickle's STOP are never read) is always labelled right. Every message PySyncObj
+# pickles (heartbeats, votes, snapshots) also gets cheaper. All replicas run this module, so all agree on it.
+pysyncobj_pickle.__dict__["__protocol"] = pickle.HIGHEST_PROTOCOL
+_CHUNK_END_MARGIN = 512  # well over what the command and the (command, index, term) pickles add (~50 bytes)
+
+
+def _clear_of_chunk_ends(payload: bytes, chunk: int) -> bytes:
+    """``payload``, padded so the entry PySyncObj builds around it does not end just short of a chunk boundary."""
+    room = -len(payload) % chunk
+    return payload + bytes(room + _CHUNK_END_MARGIN) if 0 < room <= _CHUNK_END_MARGIN else payload
 
 
 class RaftBindError(RuntimeError):
@@ -314,18 +334,12 @@ class RaftTuning:
     bind_attempts: int = 20
     compaction_min_entries: int = 200
     compaction_min_time: float = 300.0
-    # Transport limits (see _GuardedTransport). Values over 1 MiB go to the object store, so a cell's entry is at
-    # most a few MB; an AppendEntries carries a batch of entries, and a snapshot is sent in chunks.
+    # Transport limits (see _GuardedTransport). A cell's entry is at most a few MB (large values go to the object
+    # store); an AppendEntries carries a batch of entries (append_entries_batch_bytes), a snapshot goes in chunks.
     max_frame_bytes: int = 64 * 2**20
     preauth_bytes: int = 64 * 2**10  # the key exchange and address frames are ~200 bytes each
     auth_timeout: float = 5.0
     max_unauthenticated: int = 16
-    # PySyncObj sends an entry at least this large in chunks, and marks the last chunk by comparing offsets with the
-    # entry's length *before* pickling it with protocol 2, which writes binary bytes as latin-1 text re-encoded as
-    # UTF-8 (up to twice as long): the follower then unpickles a truncated entry, fails, and the entry never
-    # commits. No cell entry comes near this size (values over 1 MiB, and past 4 MiB per cell, go to the object
-    # store), so entries always travel whole.
-    append_entries_batch_bytes: int = 16 * 2**20
 
     def conf(self, secret: str | None) -> SyncObjConf:
         conf = SyncObjConf(
@@ -334,7 +348,6 @@ class RaftTuning:
             autoTickPeriod=self.startup_tick_period,
             appendEntriesPeriod=self.append_entries_period,
             appendEntriesUseBatch=False,
-            appendEntriesBatchSizeBytes=self.append_entries_batch_bytes,
             raftMinTimeout=self.election_timeout_min,
             raftMaxTimeout=self.election_timeout_max,
             connectionTimeout=max(self.connection_timeout, self.election_timeout_max),
@@ -501,7 +514,8 @@ class RaftNode:
         """Commit one cell's entry. With ``hold_notice`` the followers hear of the commit only when
         :meth:`release_commit_notice` is called (or at the next heartbeat): the caller's reply goes out first."""
         entry.setdefault("entry_id", uuid.uuid4().hex)
-        payload = pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = _clear_of_chunk_ends(pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL),
+                                       self._conf.appendEntriesBatchSizeBytes)
         self._sync.hold_commit_notice = hold_notice
         return await self._propose(lambda cb: self.cell_log.commit_cell(payload, callback=cb), timeout, "commit")
 

@@ -503,3 +503,16 @@ def test_a_numpy_view_of_a_tensor_is_replicated_as_a_copy_with_a_warning(pair):
     # The documented limitation: on the follower the two are separate memory.
     step(leader, follower, "a[0] = 5\n")
     assert follower.ns["a"][0] == 5 and float(follower.ns["t"][0]) == 0.0
+
+
+def test_torch_data_objects_keep_their_dataset_and_tensors(pair):
+    pytest.importorskip("torch")
+    leader, follower = pair
+    step(leader, follower, "import torch\nfrom torch.utils.data import DataLoader, TensorDataset\n"
+                           "X = torch.arange(12.0).reshape(6, 2)\nds = TensorDataset(X, X.sum(1))\n"
+                           "dl = DataLoader(ds, batch_size=4)\n")
+    assert follower.ns["dl"].dataset is follower.ns["ds"] and follower.ns["ds"].tensors[0] is follower.ns["X"]
+    step(leader, follower, "X.mul_(2)\n")
+    batch = next(iter(follower.ns["dl"]))
+    assert batch[0][1].tolist() == [4.0, 6.0]
+    assert_same(leader, follower)

@@ -50,6 +50,7 @@ opt = torch.optim.Adam(model.parameters(), lr=0.01)
 X = torch.randn(128, 8)
 Y = X.sum(dim=1, keepdim=True)
 losses = []
+uncommitted = 0
 """
 TRAIN = """
 for _ in range(5):
@@ -59,7 +60,7 @@ for _ in range(5):
     opt.step()
 losses.append(round(float(loss), 6))
 """
-NAMES = [*SLOTS, "A0", "V0", "model", "opt", "X", "Y", "losses", "loss"]
+NAMES = [*SLOTS, "A0", "V0", "model", "opt", "X", "Y", "losses", "loss", "uncommitted"]
 CANON = f"""
 def _canon(names):
     import json, numpy, torch
@@ -90,13 +91,20 @@ del _canon
 
 
 def random_line(rng: random.Random) -> str:
+    """One statement over the shared objects; each slot keeps its kind, so cells rarely fail."""
     value = rng.choice([str(rng.randint(-3, 9)), *SLOTS, "[]", "Box()", "A0", "V0"])
     lst, dct, box = rng.choice(["L0", "L1", "L2"]), rng.choice(["D0", "D1"]), rng.choice(["B0", "B1"])
+    key = rng.choice("ab")
     return rng.choice([
-        f"{lst}.append({value})", f"{dct}[{rng.choice('ab')!r}] = {value}", f"{box}.v = {value}",
-        f"{rng.choice(SLOTS)} = {value}", f"if {lst}: {lst}.pop()", f"{rng.choice(['L0', 'D0'])}.clear()",
+        f"{lst}.append({value})", f"{lst} = [{value}]", f"if {lst}: {lst}.pop()", f"{lst}.clear()",
+        f"{dct}[{key!r}] = {value}", f"{dct} = {{{key!r}: {value}}}", f"{dct}.pop({key!r}, None)",
+        f"{box}.v = {value}", f"{box} = Box({value})",
         f"A0[{rng.randint(0, 5)}] += 1", f"V0[{rng.randint(0, 2)}] = {rng.randint(-5, 5)}", "V0 = A0[2:5]",
     ])
+
+
+# A cell the executor may die in: its first effect must be lost with it (the plain kernel never runs it).
+DURING = "import time\nuncommitted += 1\ntime.sleep(1.0)\n"
 
 
 class Client:
@@ -184,7 +192,7 @@ def soak(cells: int, kill_every: int, train_every: int, seed: int) -> dict:
                 os.kill(victim["pid"], signal.SIGKILL)
                 stats["kills_between"] += 1
             if during:
-                msg_id = repl.send("import time\nL0.append('uncommitted')\ntime.sleep(1.0)\n" + code)
+                msg_id = repl.send(DURING + code)
                 time.sleep(0.4)
                 os.kill(victim["pid"], signal.SIGKILL)
                 stats["kills_during"] += 1
@@ -192,7 +200,7 @@ def soak(cells: int, kill_every: int, train_every: int, seed: int) -> dict:
                 if reply["status"] == "error" and reply["ename"] == "ReplicaLost":
                     stats["cells_lost_to_kills"] += 1
                     continue
-                code = "import time\nL0.append('uncommitted')\ntime.sleep(1.0)\n" + code
+                code = DURING + code
                 expected, _ = plain.run(code)
             else:
                 expected, _ = plain.run(code)

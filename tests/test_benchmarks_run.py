@@ -33,3 +33,16 @@ def test_simulator_benchmark_runs(tmp_path):
 def test_cluster_start_benchmark_runs(tmp_path):
     results = _run("bench_cluster_start.py", tmp_path)
     assert len(results["runs"]["prewarmed"]) == results["kernels"] and results["cold_s"] > 0
+
+
+def test_soak_keeps_every_variable_and_the_graph(tmp_path):
+    results = _run("soak.py", tmp_path)  # --quick: 120 cells, a replica SIGKILLed every 30
+    assert results["lost_variables"] == [] and results["same_as_plain"] and results["replicas_agree"]
+    assert results["optimizer_attached"] and results["still_training"]
+    assert results["kills_between"] + results["kills_during"] == 4
+
+
+def test_state_benchmark_runs(tmp_path):
+    results = _run("bench_state.py", tmp_path)
+    assert results["training"]["notebookos"]["cell_s"] > 0
+    assert results["untouched"]["notebookos"]["with_model_ms"] > 0

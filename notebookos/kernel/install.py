@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def same_record(node: graph.Node | None, record: NodeRecord) -> bool:
+    """Whether this replica's node already holds ``record`` (same constructor and state digests)."""
     if node is None or node.record is None:
         return False
     old = node.record
@@ -97,7 +98,8 @@ class Installer:
 
     def _build(self, oid: str, func: Any, args: tuple, record: NodeRecord) -> Any:
         """Construct a new node; an array or tensor whose data came from the store maps it instead of copying."""
-        if func in (reduction._np_array, reduction._tensor_empty) and record.body is not None and record.body.kind == "blob":
+        body = record.body
+        if func in (reduction.new_array, reduction.new_tensor) and body is not None and body.kind == "blob":
             _, buffers = self.parts[oid, "body"]
             if buffers and not memoryview(buffers[0]).readonly:
                 self.filled.add(oid)

@@ -25,8 +25,10 @@ What a follower can still miss (each listed in the README, with a test):
   container held by another object. The cell's output names nothing in that case; mention the name (a bare
   ``big`` line) to have it re-examined.
 * In-place writes to a tensor's memory that bypass its version counter (``t.data.add_(1)``, a write through
-  ``t.numpy()``) when the cell does not mention a name that reaches it *and* its version did not change: the
-  tensor is assumed unchanged.
+  ``t.numpy()``) in a cell whose code says none of ``.data``, ``.numpy(``, ``from_numpy``, ``frombuffer``,
+  ``dlpack`` (:data:`_BYPASSES_VERSION`; a cell that does re-hashes the tensors it reaches).
+* A numpy array sharing a tensor's memory is replicated as a copy; the cell that makes it warns once
+  (:attr:`NamespaceTracker.caveats`).
 * Unserialisable values (open files, sockets, locks, generators, threads...) are not replicated; the cell's
   output warns about them (:func:`format_unserialisable_warning`) and followers drop their stale value of that
   name. Tensor gradients (``.grad``) are not part of a tensor's record.
@@ -55,13 +57,12 @@ log = logging.getLogger(__name__)
 INLINE_LIMIT = 256 << 10  # values whose serialised size exceeds this go to the object store
 # In-band bytes one delta may carry; further changed values go to the object store even if small. PySyncObj
 # pickles, compresses and encrypts an entry on its tick thread once per follower (and a follower undoes it on
-# its own), which for incompressible bytes costs ~0.1 s per MB and per follower on a small host and delays
-# heartbeats; the local object store writes a MB in well under a millisecond.
+# its own), so in-band bytes delay heartbeats on every replica, while the store writes them once, locally.
 INLINE_BUDGET = 1 << 20
 PACK_LIMIT = 64 << 10  # past the budget, values smaller than this are stored together in one blob per cell
 REHASH_LIMIT = 64 << 10  # names whose graph's records are smaller than this are re-examined after every cell
 REHASH_NODES = 64  # ... and that have at most this many nodes
-HASH_IN_PARALLEL = 64 << 10  # record parts this large are hashed on the digest pool, all of a cell's at once
+HASH_IN_PARALLEL = 64 << 10  # record parts this large are hashed on threads, all of a cell's at once
 
 # IPython keeps these itself (In/Out are replicated by the kernel from the cell history).
 IPYTHON_NAMES = frozenset(
@@ -177,7 +178,7 @@ class _Walk:
         self.failed: dict[str, str] = {}  # oid -> reason
         self.parents: dict[str, set[str]] = {}  # child oid -> the oids whose records refer to it
         self.new: set[str] = set()  # oids allocated during this walk
-        self.caveats: dict[str, str] = {}  # oid -> what followers hold differently (graph.Reduction.caveat)
+        self.caveats: dict[str, str] = {}  # name -> what followers hold differently (reduction.Reduction.caveat)
         self.root = ""  # the name being walked from, for caveats
         self.distrust_signals = False  # re-hash tensors even when their version counter did not move
 

@@ -44,7 +44,7 @@ def _identity(value: Any) -> Any:
     return value
 
 
-def _np_array(shape: tuple, dtype: Any, writeable: bool) -> Any:
+def new_array(shape: tuple, dtype: Any, writeable: bool) -> Any:
     import numpy as np
 
     arr = np.empty(shape, dtype)
@@ -77,7 +77,7 @@ def _np_view(base: Any, offset: int, shape: tuple, strides: tuple, dtype: Any, w
     return view
 
 
-def _tensor_empty(dtype: str, shape: tuple, device_type: str, requires_grad: bool, parameter: bool) -> Any:
+def new_tensor(dtype: str, shape: tuple, device_type: str, requires_grad: bool, parameter: bool) -> Any:
     import torch
 
     from . import tensors
@@ -109,9 +109,9 @@ def _fill_tensor(tensor: Any, data: Any) -> None:
 
 
 def from_buffer(func: Callable, args: tuple, buffer: Any) -> Any:
-    """A new array or tensor (``_np_array``/``_tensor_empty`` arguments) over writable ``buffer``, not a copy:
+    """A new array or tensor (``new_array``/``new_tensor`` arguments) over writable ``buffer``, not a copy:
     a value from the object store is a private copy-on-write mapping, so it costs no copy until written."""
-    if func is _np_array:
+    if func is new_array:
         import numpy as np
 
         shape, dtype, writeable = args
@@ -267,7 +267,7 @@ _FRESH_REFS, _FRESH_IN_TUPLE = _calibrate()
 def _reduce_array(arr: Any, np: Any) -> Reduction:
     if arr.dtype.hasobject:
         items = list(arr.reshape(-1))
-        return Reduction((_np_array, (arr.shape, arr.dtype, arr.flags.writeable)),
+        return Reduction((new_array, (arr.shape, arr.dtype, arr.flags.writeable)),
                          (items, None, None, _fill_object_array), [items])
     root = _root_array(arr)
     if root is not None:
@@ -279,7 +279,7 @@ def _reduce_array(arr: Any, np: Any) -> Reduction:
     if torch is not None and isinstance(arr.base, torch.Tensor):
         caveat = ("shares memory with a torch tensor (Tensor.numpy()); replicas hold it as a separate copy, so "
                   "after a failover writes through one are not seen through the other")
-    return Reduction((_np_array, (arr.shape, arr.dtype, arr.flags.writeable)),
+    return Reduction((new_array, (arr.shape, arr.dtype, arr.flags.writeable)),
                      (pickle.PickleBuffer(data) if arr.size else b"", None, None, _fill_array), [], caveat=caveat)
 
 
@@ -294,7 +294,7 @@ def _reduce_tensor(t: Any, torch: Any) -> Reduction | None:
         return Reduction((_tensor_view, (base, t.storage_offset(), tuple(t.shape), tuple(t.stride()))), None, [],
                          tensor_signal(t))
     data = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-    ctor = (_tensor_empty, (str(t.dtype).removeprefix("torch."), tuple(t.shape), tensors.device_type_of(t),
+    ctor = (new_tensor, (str(t.dtype).removeprefix("torch."), tuple(t.shape), tensors.device_type_of(t),
                             bool(t.requires_grad), type(t) is torch.nn.Parameter))
     return Reduction(ctor, (pickle.PickleBuffer(data) if data.size else b"", None, None, _fill_tensor), [],
                      tensor_signal(t))
@@ -314,7 +314,7 @@ def reconstruct_in_place(obj: Any, func: Callable, args: tuple) -> bool:
             except TypeError:
                 return False
         return True
-    if func is _tensor_empty:
+    if func is new_tensor:
         import torch
 
         dtype, shape, device_type, requires_grad, _ = args
@@ -329,7 +329,7 @@ def reconstruct_in_place(obj: Any, func: Callable, args: tuple) -> bool:
     if isinstance(obj, collections.defaultdict) and func is type(obj):
         obj.default_factory = args[0] if args else None
         return True
-    if func is _np_array and tuple(obj.shape) == tuple(args[0]) and obj.dtype == args[1]:
+    if func is new_array and tuple(obj.shape) == tuple(args[0]) and obj.dtype == args[1]:
         if obj.flags.writeable != args[2]:
             obj.flags.writeable = args[2]
         return True

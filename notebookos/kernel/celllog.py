@@ -23,6 +23,7 @@ from typing import Any
 
 from pysyncobj import SyncObjConsumer, replicated
 
+from . import pysyncobj_setup  # noqa: F401  (PySyncObj's global side effects undone)
 from .garbage import BlobLedger
 
 

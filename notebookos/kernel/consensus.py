@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pysyncobj.pickle as pysyncobj_pickle
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException
 from pysyncobj.monotonic import monotonic as _raft_clock
 from pysyncobj.poller import POLL_EVENT_TYPE
@@ -30,6 +29,7 @@ from pysyncobj.tcp_server import TcpServer
 from pysyncobj.transport import TCPTransport
 
 from .celllog import CellLog
+from .pysyncobj_setup import pysyncobj  # noqa: F401  (PySyncObj with its global side effects undone)
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,10 @@ _TRANSIENT = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.LE
 
 
 # -- large entries ------------------------------------------------------------------------------------------------
-# PySyncObj sends an entry of appendEntriesBatchSizeBytes (64 KiB) or more in chunks of that size, and labels as
-# the last one the first chunk that reaches the length of the entry's *command*, while what it cuts is the pickle
-# of (command, index, term), which is longer: the follower unpickles a truncated entry, fails, and the entry never
-# commits (a cell that made a 64-layer model timed out after 10 s). With PySyncObj's protocol 2, binary bytes are
-# written as latin-1 text re-encoded as UTF-8, up to twice as long, so nearly every large entry failed. With a
-# binary protocol the pickle is longer by a few dozen bytes only, and a payload padded clear of the chunk ends
-# (trailing bytes after a pickle's STOP are never read) is always labelled right. Every message PySyncObj
-# pickles (heartbeats, votes, snapshots) also gets cheaper. All replicas run this module, so all agree on it.
-pysyncobj_pickle.__dict__["__protocol"] = pickle.HIGHEST_PROTOCOL
+# PySyncObj sends an entry of appendEntriesBatchSizeBytes (64 KiB) or more in chunks and labels as the last one the
+# first chunk that reaches the length of the entry's command, while what it cuts is the slightly longer pickle of
+# (command, index, term) (see pysyncobj_setup.py): a payload padded clear of the chunk ends (trailing bytes after a
+# pickle's STOP are never read) is always labelled right.
 _CHUNK_END_MARGIN = 512  # well over what the command and the (command, index, term) pickles add (~50 bytes)
 
 

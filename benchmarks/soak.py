@@ -61,33 +61,8 @@ for _ in range(5):
 losses.append(round(float(loss), 6))
 """
 NAMES = [*SLOTS, "A0", "V0", "model", "opt", "X", "Y", "losses", "loss", "uncommitted"]
-CANON = f"""
-def _canon(names):
-    import json, numpy, torch
-    seen = {{}}
-    def enc(o):
-        if o is None or isinstance(o, (bool, int, float, str)):
-            return repr(o)
-        if id(o) in seen:
-            return "@%d" % seen[id(o)]
-        seen[id(o)] = len(seen)
-        if isinstance(o, list):
-            return ["list", [enc(x) for x in o]]
-        if isinstance(o, dict):
-            return ["dict", [[enc(k), enc(v)] for k, v in o.items()]]
-        if isinstance(o, numpy.ndarray):
-            return ["ndarray", o.tolist(), enc(o.base) if isinstance(o.base, numpy.ndarray) else None]
-        if isinstance(o, torch.Tensor):
-            return ["tensor", round(float(o.detach().double().sum()), 4), list(o.shape)]
-        if isinstance(o, torch.nn.Module):
-            return ["module", [enc(p) for p in o.parameters()]]
-        if isinstance(o, torch.optim.Optimizer):
-            return ["optimizer", [enc(p) for g in o.param_groups for p in g["params"]]]
-        return [type(o).__name__, enc(vars(o))]
-    return json.dumps([[n, enc(globals()[n])] for n in names if n in globals()])
-print(_canon({NAMES!r}))
-del _canon
-"""
+CANON = ("from notebookos.kernel.graph import value_fingerprint as _vf\nimport json as _json\n"
+         f"print(_json.dumps(_vf(globals(), {NAMES!r})))\ndel _vf, _json")
 
 
 def random_line(rng: random.Random) -> str:

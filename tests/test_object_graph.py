@@ -137,29 +137,9 @@ op = st.one_of(
 )
 program = st.tuples(st.lists(st.lists(op, min_size=1, max_size=3), min_size=2, max_size=7), st.integers(0, 7))
 
-# Values and identity, independent of which kernel defined the class (a class pickled by value carries an id of
-# its own in each kernel, so content digests only compare between replicas of one kernel).
-FINGERPRINT = f"""
-def _canon(names):
-    import json, numpy
-    seen = {{}}
-    def enc(o):
-        if o is None or isinstance(o, (bool, int, float, str)):
-            return repr(o)
-        if id(o) in seen:
-            return "@%d" % seen[id(o)]
-        seen[id(o)] = len(seen)
-        if isinstance(o, list):
-            return ["list", [enc(x) for x in o]]
-        if isinstance(o, dict):
-            return ["dict", [[enc(k), enc(v)] for k, v in o.items()]]
-        if isinstance(o, numpy.ndarray):
-            return ["ndarray", o.tolist(), enc(o.base) if isinstance(o.base, numpy.ndarray) else None]
-        return [type(o).__name__, enc(vars(o))]
-    return json.dumps([enc(globals()[n]) for n in names])
-print(_canon({NAMES!r}))
-del _canon
-"""
+# Values and identity, independent of which kernel defined a class (graph.value_fingerprint).
+FINGERPRINT = ("from notebookos.kernel.graph import value_fingerprint as _vf\nimport json as _json\n"
+               f"print(_json.dumps(_vf(globals(), {NAMES!r})))\ndel _vf, _json")
 
 
 @pytest.fixture(scope="module")

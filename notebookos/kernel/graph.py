@@ -276,3 +276,44 @@ def graph_shape(user_ns: dict[str, Any], names: Iterable[str]) -> str:
         lines.append(f"{oid} {type(obj).__module__}.{type(obj).__qualname__} -> {' '.join(refs)}")
         work.extend(refs)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def value_fingerprint(user_ns: dict[str, Any], names: Iterable[str]) -> list:
+    """What ``names`` reach, as JSON-able values plus identity, to compare a replicated kernel with a plain one.
+
+    Unlike :func:`graph_shape` and content digests it does not depend on pickles (a class defined in a cell has an
+    id of its own in each kernel): each object is described by its type's name and contents, and an object met a
+    second time by ``"@n"``, its first-visit number. Immutable values (tuples, frozensets) are compared by value,
+    as the graph replicates them. Tensors are summarised (sum and shape), modules and optimisers by their
+    parameters.
+    """
+    np = sys.modules.get("numpy")
+    torch = sys.modules.get("torch")
+    seen: dict[int, int] = {}
+
+    def enc(o: Any) -> Any:
+        if o is None or isinstance(o, bool | int | float | str | bytes):
+            return repr(o)
+        if isinstance(o, tuple | frozenset):
+            return [type(o).__name__, [enc(x) for x in (sorted(o, key=repr) if isinstance(o, frozenset) else o)]]
+        if id(o) in seen:
+            return f"@{seen[id(o)]}"
+        seen[id(o)] = len(seen)
+        if isinstance(o, list):
+            return ["list", [enc(x) for x in o]]
+        if isinstance(o, dict):
+            return [type(o).__name__, [[enc(k), enc(v)] for k, v in o.items()]]
+        if np is not None and isinstance(o, np.ndarray):
+            return ["ndarray", o.tolist(), enc(o.base) if isinstance(o.base, np.ndarray) else None]
+        if torch is not None and isinstance(o, torch.Tensor):
+            return ["tensor", round(float(o.detach().double().sum()), 4), list(o.shape)]
+        if torch is not None and isinstance(o, torch.nn.Module):
+            return ["module", [enc(p) for p in o.parameters()]]
+        if torch is not None and isinstance(o, torch.optim.Optimizer):
+            return ["optimizer", [enc(p) for g in o.param_groups for p in g["params"]]]
+        if isinstance(o, type | types.FunctionType | types.ModuleType):
+            return [type(o).__name__, getattr(o, "__qualname__", getattr(o, "__name__", "?"))]
+        state = getattr(o, "__dict__", None)
+        return [type(o).__name__, enc(state) if isinstance(state, dict) else repr(o)]
+
+    return [[n, enc(user_ns[n])] for n in names if n in user_ns]

@@ -80,9 +80,16 @@ def _np_view(base: Any, offset: int, shape: tuple, strides: tuple, dtype: Any, w
 def new_tensor(dtype: str, shape: tuple, device_type: str, requires_grad: bool, parameter: bool) -> Any:
     import torch
 
+    return _dressed(torch.empty(shape, dtype=getattr(torch, dtype)), device_type, requires_grad, parameter)
+
+
+def _dressed(tensor: Any, device_type: str, requires_grad: bool, parameter: bool) -> Any:
+    """``tensor`` as a Parameter or requiring grad as its record says, remembered as displaced if it lived on a
+    GPU (see ``tensors.py``)."""
+    import torch
+
     from . import tensors
 
-    tensor = torch.empty(shape, dtype=getattr(torch, dtype))
     if parameter:
         tensor = torch.nn.Parameter(tensor, requires_grad=requires_grad)
     elif requires_grad:
@@ -121,16 +128,9 @@ def from_buffer(func: Callable, args: tuple, buffer: Any) -> Any:
         return arr
     import torch
 
-    from . import tensors
-
     dtype, shape, device_type, requires_grad, parameter = args
     tensor = torch.frombuffer(buffer, dtype=torch.uint8).view(getattr(torch, dtype)).reshape(shape)
-    if parameter:
-        tensor = torch.nn.Parameter(tensor, requires_grad=requires_grad)
-    elif requires_grad:
-        tensor.requires_grad_(True)
-    tensors.mark_displaced(tensor, device_type)
-    return tensor
+    return _dressed(tensor, device_type, requires_grad, parameter)
 
 
 def _tensor_view(base: Any, offset: int, shape: tuple, stride: tuple) -> Any:

@@ -71,10 +71,12 @@ class PerCellReplicas:
 
     async def retire(self, handle: ReplicaHandle) -> None:
         handle.alive = False
+        # Out of the table before the await: the supervisor's pruning would otherwise list it among the departed
+        # Raft members (it never was one), and only sometimes, depending on when it ran.
+        self.supervisor.replicas.pop(handle.id, None)
+        self.supervisor.forget(handle)
         if handle.launched is not None:
             await self.supervisor.launcher.terminate(handle.launched)
-        self.supervisor.forget(handle)
-        self.supervisor.replicas.pop(handle.id, None)
 
 
 def reply_without_replica(msg_type: str, content: dict[str, Any]) -> dict[str, Any] | None:

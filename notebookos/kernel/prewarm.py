@@ -21,6 +21,7 @@ and the daemon starts a fresh process instead for a request with another.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -39,14 +40,11 @@ def signal_ready() -> None:
     if not fd.isdigit():
         return
     try:
-        os.write(int(fd), b"1")
-    except OSError:  # the pool already handed this process out, or stopped
-        pass
+        with contextlib.suppress(OSError):  # the pool already handed this process out, or stopped
+            os.write(int(fd), b"1")
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.close(int(fd))
-        except OSError:
-            pass
 
 
 def become_replica(order: dict) -> None:

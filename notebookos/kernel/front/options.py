@@ -7,6 +7,7 @@ them again when started by hand. Each check returns its problems as sentences; n
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import os
@@ -69,12 +70,10 @@ def check_raft_host(value: Any, standalone: bool = True) -> list[str]:
            "network address only if the replicas must be reachable from other hosts)")
     if not isinstance(value, str) or not value.strip():
         return [f"raft_host={value!r}: must be a host name or IPv4 address. {fix}"]
-    try:
+    with contextlib.suppress(ValueError):  # not an address literal: a host name, resolved below
         if ipaddress.ip_address(value).version == 6:
             return [f"raft_host={value!r}: IPv6 addresses are not supported (Raft and ZeroMQ addresses are "
                     f"written host:port). {fix}"]
-    except ValueError:
-        pass
     try:
         infos = socket.getaddrinfo(value, None, socket.AF_INET, socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:

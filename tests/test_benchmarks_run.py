@@ -44,5 +44,8 @@ def test_soak_keeps_every_variable_and_the_graph(tmp_path):
 
 def test_state_benchmark_runs(tmp_path):
     results = _run("bench_state.py", tmp_path)
-    assert results["training"]["notebookos"]["cell_s"] > 0
+    nb = results["training"]["notebookos"]
+    assert nb["cell_s"] > 0
+    # The executor reports how long replication took after the cell ran; both parts are inside the cell's time.
+    assert 0 < nb["capture_s"] and 0 < nb["commit_s"] and nb["capture_s"] + nb["commit_s"] < nb["cell_s"]
     assert results["untouched"]["notebookos"]["with_model_ms"] > 0

@@ -17,6 +17,7 @@ import os
 import pickle
 import socket
 import sys
+import time
 import traceback
 import uuid
 from typing import Any
@@ -91,6 +92,8 @@ class ReplicaKernel(IPythonKernel):
         self.diverged: str | None = None
         self._lead_meta: dict[str, Any] = {}
         self._last_seq = 0
+        #: how long the last cell's capture (hashing, storing) and Raft commit took, in its reply's metadata
+        self._last_timings: dict[str, float] = {}
         self._executing = False
         self._yielded_to: str | None = None
         self._notice_scheduled = False
@@ -204,7 +207,9 @@ class ReplicaKernel(IPythonKernel):
             code, silent, store_history, user_expressions, allow_stdin, cell_meta=cell_meta, cell_id=cell_id
         )
         try:
+            started = time.perf_counter()
             entry = await self._capture(code, store_history and not silent, await self._collected())
+            captured = time.perf_counter()
             commit = asyncio.ensure_future(self.raft.commit_cell(entry, self.commit_timeout, hold_notice=True))
             await asyncio.sleep(0)  # let the proposal leave before we block on the flushes below
             # ipykernel flushes the cell's output after do_execute; doing it now overlaps the Raft round trip.
@@ -213,6 +218,8 @@ class ReplicaKernel(IPythonKernel):
             if sys.stderr is not None:
                 sys.stderr.flush()
             self._last_seq = await commit
+            self._last_timings = {"capture_s": round(captured - started, 4),
+                                  "commit_s": round(time.perf_counter() - captured, 4)}
             if self.state_file:
                 await asyncio.to_thread(self._write_state)
         except CommitError as exc:
@@ -275,7 +282,8 @@ class ReplicaKernel(IPythonKernel):
         metadata = super().finish_metadata(parent, metadata, reply_content)
         metadata[protocol.META_KEY] = {"role": protocol.ROLE_LEAD, "replica": self.replica_id, "seq": self._last_seq,
                                        "host": self.host, "devices": list(self.devices.devices),
-                                       "raft_address": self.raft_address, "raft_leader": self.raft.leader_address()}
+                                       "raft_address": self.raft_address, "raft_leader": self.raft.leader_address(),
+                                       "timings": self._last_timings}
         return metadata
 
     def _publish_error(self, ename: str, evalue: str) -> dict[str, Any]:

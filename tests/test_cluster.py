@@ -186,8 +186,10 @@ def test_batch_policy_live(batch_cluster):
         assert gpus == "[0]"
         # Between cells: no replica, no GPU held; the front answers completion itself.
         k.wait_for(lambda: not k.info()["replicas"], what="the cell's replica to be retired")
-        status = api("GET", f"{batch_cluster['url']}/api/status", token=batch_cluster["token"])[1]
-        assert status["gpus"]["committed"] == 0
+        # The cell's reply goes out before the front releases its GPU with the scheduler (no round trip first).
+        k.wait_for(lambda: api("GET", f"{batch_cluster['url']}/api/status",
+                               token=batch_cluster["token"])[1]["gpus"]["committed"] == 0,
+                   what="the cell's GPU to be released")
         complete = k.reply(k.client.complete("in", 2))
         assert complete["status"] == "ok" and complete["matches"] == []
         reply, outputs = k.execute("print(inc(x), int(big.sum()), os.getpid() != " + first_pid.strip() + ", In[1][:9])")

@@ -11,6 +11,7 @@ the replica's machine; the front connects there.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -103,9 +104,17 @@ class SchedulerExecutorPolicy(ExecutorPolicy):
         self.kernel_id = kernel_id
         self.launcher = launcher
         self._waiting = False
+        self._releasing: asyncio.Task | None = None
+
+    async def _released(self) -> None:
+        """Wait for the last cell's GPU release: the scheduler must hear of it before anything else of ours."""
+        releasing, self._releasing = self._releasing, None
+        if releasing is not None:
+            await releasing
 
     async def choose(self, replicas: list[ReplicaView], last_executor: int | None
                      ) -> ExecutorChoice | Wait | Migrate:
+        await self._released()
         # The first ask of a cell does not block, so a queued cell can tell the user it waits; later asks
         # long-poll, so the cell starts the moment a GPU frees.
         answer: dict[str, Any] = await self.client.execute(self.kernel_id,
@@ -122,21 +131,33 @@ class SchedulerExecutorPolicy(ExecutorPolicy):
         return Wait(int(answer.get("position", 1)), answer.get("reason", "waiting for a GPU"))
 
     async def cell_finished(self, replica_id: int) -> None:
-        try:
-            await self.client.finished(self.kernel_id)
-        except (SchedulerError, OSError) as exc:
-            log.error("could not release the GPUs of kernel %s: %s", self.kernel_id, exc)
+        # The cell's reply goes to the client without waiting for the scheduler; the next request of this kernel
+        # to the scheduler waits for the release instead (see _released).
+        previous = self._releasing
+
+        async def release() -> None:
+            if previous is not None:
+                await previous
+            try:
+                await self.client.finished(self.kernel_id)
+            except (SchedulerError, OSError) as exc:
+                log.error("could not release the GPUs of kernel %s: %s", self.kernel_id, exc)
+
+        self._releasing = asyncio.ensure_future(release())
 
     async def migrated(self, old_replica: int, new_replica: int, host_id: str | None) -> None:
+        await self._released()
         await self.client.report_migration(self.kernel_id, old_replica, new_replica, host_id or "")
 
     async def replica_lost(self, replica_id: int) -> None:
+        await self._released()
         try:
             await self.client.replica_lost(self.kernel_id, replica_id)
         except (SchedulerError, OSError) as exc:
             log.error("could not report the loss of replica %d: %s", replica_id, exc)
 
     async def replica_added(self, replica_id: int, host_id: str | None) -> None:
+        await self._released()
         try:
             await self.client.report_migration(self.kernel_id, None, replica_id, host_id or "")
         except (SchedulerError, OSError) as exc:

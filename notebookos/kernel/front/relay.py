@@ -2,8 +2,11 @@
 
 Routing rules:
 
-- ``execute_request``: the :class:`ExecutorPolicy` picks the executor; it gets ``role: lead``, the other live
-  replicas ``role: yield``. Only the executor's replies, iopub and stdin reach the client.
+- ``execute_request``: cells queue in the front and run one at a time, in arrival order (JupyterLab's Run All
+  sends them all before the first reply). Only when the previous cell has replied does the :class:`ExecutorPolicy`
+  pick the next cell's executor (in cluster mode: the scheduler, with a GPU); it gets ``role: lead``, the other
+  live replicas ``role: yield``. Only the executor's replies, iopub and stdin reach the client. A cell that ends
+  in an error with ``stop_on_error`` (the default) aborts the cells queued behind it, as ipykernel does.
 - ``comm_msg``/``comm_close``: to the replica that owns the comm (where the widget was created).
 - Everything else (kernel_info, complete, inspect, history, is_complete, comm_info, interrupt, usage): to the
   *primary*, the last executor while alive, else the lowest-id live replica. Interrupts go to the replica running
@@ -17,8 +20,9 @@ Routing rules:
   ``NotPermitted`` error reply naming it, and never reaches a replica.
 - A message that fails to parse or verify is logged and dropped.
 
-When a replica dies, the cell it was running ends with a ``ReplicaLost`` error, cells queued behind it are aborted,
-and other requests it owed an answer are re-sent to the new primary. When a cell's commit fails (an execute_reply
+When a replica dies, the cell it was running ends with a ``ReplicaLost`` error (which aborts the queue like any
+error), a cell it had not started runs elsewhere, and other requests it owed an answer are re-sent to the new
+primary. When a cell's commit fails (an execute_reply
 ``QuorumLost`` from the commit, or ``ReplicaDiverged``; confirmed by the replica's status) the executor holds state
 the group does not: it is retired (killed and replaced, see :meth:`Supervisor.retire`) before the next cell is
 dispatched, which then runs on another replica with the committed state.
@@ -112,6 +116,9 @@ class Relay:
         self._next_transfer = 0.0
         self.wait_retry = 0.5  # seconds between asks while a cell waits for a GPU
         self._dispatch_lock = asyncio.Lock()
+        self._arrived = 0  # execute requests received so far
+        self._abort_through = 0  # those up to this arrival number are aborted (a cell failed with stop_on_error)
+        self._outcomes: dict[str, asyncio.Future[str]] = {}  # execute msg_id -> how it ended ("ok", "error", ...)
         self._redo: deque[WireMessage] = deque()
         self._dispatches: set[asyncio.Task] = set()
         self._suspects: dict[int, asyncio.Task] = {}  # replica id -> its retirement (it diverged), under way
@@ -281,12 +288,18 @@ class Relay:
         await self._to_replica(target, channel, msg)
 
     async def _execute(self, msg: WireMessage | None) -> None:
-        """Dispatch off the client loop (a cell may wait for a GPU) but strictly in arrival order."""
-        task = asyncio.ensure_future(self._dispatch_in_order(msg))
+        """Queue a cell: cells run one at a time in arrival order, each dispatched only once the previous one has
+        replied, as ipykernel runs its shell queue. The queue is here, not in the executor's ipykernel, because the
+        executor of the next cell is chosen (a GPU asked of the scheduler) only when that cell is about to run."""
+        arrival = None
+        if msg is not None:
+            self._arrived += 1
+            arrival = self._arrived
+        task = asyncio.ensure_future(self._dispatch_in_order(msg, arrival))
         self._dispatches.add(task)
         task.add_done_callback(self._dispatches.discard)
 
-    async def _dispatch_in_order(self, msg: WireMessage | None) -> None:
+    async def _dispatch_in_order(self, msg: WireMessage | None, arrival: int | None = None) -> None:
         async with self._dispatch_lock:
             # Reap dead replicas first: cells they never started go back in line ahead of this one.
             await self.supervisor.check_now()
@@ -294,15 +307,34 @@ class Relay:
             await self._settle_suspects()
             while self._redo:
                 await self._dispatch_safely(self._redo.popleft())
-            if msg is not None:
-                await self._dispatch_safely(msg)
+            if msg is None:
+                return
+            if arrival is not None and arrival <= self._abort_through:
+                # Queued behind a cell that failed: aborted, as ipykernel aborts its queue (stop_on_error).
+                await self._error_reply("shell", msg, "", "", status="aborted")
+                return
+            await self._dispatch_safely(msg)
 
     async def _dispatch_safely(self, msg: WireMessage) -> None:
+        """Run one cell to its end: dispatch it, then wait for its reply (or its executor's loss)."""
+        outcome = self._outcomes[msg.msg_id] = asyncio.get_running_loop().create_future()
         try:
             await self._dispatch(msg)
         except Exception as exc:
             log.exception("could not dispatch %s", msg.msg_id)
             await self._error_reply("shell", msg, "DispatchError", f"the kernel front could not run the cell: {exc}")
+        if not any(msg.msg_id in queue for queue in self.inflight.values()):
+            # Not sent to a replica: the front answered it with an error (or a lost replica sent it back in line).
+            self._cell_ended(msg.msg_id, "error")
+        status = await outcome
+        if status == "error" and msg.content.get("stop_on_error", True):
+            self._abort_through = self._arrived
+
+    def _cell_ended(self, msg_id: str, status: str) -> None:
+        """The cell ``msg_id`` has replied (``status``), or went back in line (``"redo"``): the next one may run."""
+        outcome = self._outcomes.pop(msg_id, None)
+        if outcome is not None and not outcome.done():
+            outcome.set_result(status)
 
     async def _dispatch(self, msg: WireMessage) -> None:
         sup = self.supervisor
@@ -568,6 +600,7 @@ class Relay:
             msg = msg.with_content(content)
         await self._to_client(channel, msg)
         if msg_type == "execute_reply":
+            self._cell_ended(parent_id, msg.content.get("status", "error"))
             await self._cell_over(handle, parent_id, "reply")
         if msg_type == "shutdown_reply":
             self.shutdown.set()
@@ -709,6 +742,8 @@ class Relay:
             for _ in queue:
                 await self.policy.cell_finished(handle.id)
             self._redo.extend(queue)
+            for m in queue:
+                self._cell_ended(m.msg_id, "redo")
             await self._execute(None)
         for i, msg in enumerate(queue if started else []):
             if i == 0:
@@ -726,6 +761,7 @@ class Relay:
                     f"cell's effects were not committed; the kernel's state is as of the last committed cell. {then}")
             else:
                 await self._error_reply("shell", msg, "ReplicaLost", "", status="aborted")
+            self._cell_ended(msg.msg_id, "error" if i == 0 else "aborted")
             await self.policy.cell_finished(handle.id)
         for msg_id, pend in list(self.pending.items()):
             if pend.replica != handle.id:

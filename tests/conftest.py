@@ -32,12 +32,14 @@ def kernelspec_path(tmp_path_factory) -> Path:
 class Kernel:
     """A running kernel (notebookos or plain python3) with a blocking client and small helpers."""
 
-    def __init__(self, kernel_name: str = "notebookos", env: dict[str, str] | None = None, **provisioner_config: Any):
+    def __init__(self, kernel_name: str = "notebookos", env: dict[str, str] | None = None, cwd: str | None = None,
+                 **provisioner_config: Any):
         self.km = KernelManager(kernel_name=kernel_name)
         if provisioner_config:
             self.km.kernel_spec.metadata["kernel_provisioner"]["config"].update(provisioner_config)
-        # Extra environment, as Jupyter Server gives a notebook's kernel (JPY_SESSION_NAME).
-        self.km.start_kernel(**({"env": {**os.environ, **env}} if env else {}))
+        # Extra environment, as Jupyter Server gives a notebook's kernel (JPY_SESSION_NAME), and the notebook's
+        # directory as the working directory, as Jupyter Server starts it.
+        self.km.start_kernel(**({"env": {**os.environ, **env}} if env else {}), **({"cwd": cwd} if cwd else {}))
         self.client = self.km.client()
         self.client.start_channels()
         try:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -49,7 +50,8 @@ def _up(tmp_path_factory, hosts: int, replicas: int, *extra: str):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
-    pids = [info["scheduler_pid"], *info["host_pids"]]
+    # Host daemons restarted meanwhile are in the file's latest version.
+    pids = [info["scheduler_pid"], *info["host_pids"], *json.loads(info_file.read_text())["host_pids"]]
     assert all(not os.path.exists(f"/proc/{p}") or open(f"/proc/{p}/stat").read().split()[2] == "Z"
                for p in pids), "notebookos up left processes behind"
 
@@ -137,6 +139,47 @@ def test_a_killed_replica_is_replaced_through_its_host_daemon(cluster3):
         hosts = api("GET", f"{cluster3['url']}/api/hosts", token=cluster3["token"])[1]["hosts"]
         pools = [api("GET", f"{h['url']}/api/replicas", token=cluster3["token"])[1]["prewarm"] for h in hosts]
         assert sum(p["handed_out"] for p in pools) >= 3, pools
+    finally:
+        k.shutdown()
+
+
+def _live_rows(k: Kernel) -> list[dict]:
+    return [r for r in k.info()["replicas"] if r["alive"] and r["member"]]
+
+
+def test_a_killed_host_daemon_is_restarted_and_the_kernel_repaired(cluster3, tmp_path):
+    """SIGKILL a host daemon: `notebookos up` keeps running and restarts it, and the kernel, which lost the replica
+    that ran there, keeps its state and is back to 3 replicas on 3 live hosts, placed by the scheduler."""
+    (tmp_path / "data.txt").write_text("relative paths work")
+    k = Kernel(cwd=str(tmp_path))
+    try:
+        k.execute("import numpy as np, notebookos.kernel\nkept = np.arange(300_000)\nlabel = 'still here'")
+        reply, outputs = k.execute("import os\nprint(open('data.txt').read(), os.getcwd())")
+        assert stream_text(outputs) == f"relative paths work {tmp_path}\n", outputs  # the notebook's directory
+        hosts = set(cluster3["hosts"])
+        assert {r["host"] for r in k.value("notebookos.kernel.replicas()")} == hosts  # the scheduler's host ids
+        runtime = Path(cluster3["runtime_dir"])
+        daemons = {json.loads(f.read_text())["host_id"]: json.loads(f.read_text())["pid"]
+                   for f in runtime.glob("host-*.json")}
+        executor = executor_of(k)
+        victim_host = next(r["host"] for r in k.info()["replicas"] if r["id"] != executor)
+        victim = next(r["id"] for r in k.info()["replicas"] if r["host"] == victim_host)
+        os.kill(daemons[victim_host], signal.SIGKILL)
+
+        def repaired():
+            rows = _live_rows(k)
+            return rows if len(rows) == 3 and victim not in {r["id"] for r in rows} else None
+
+        rows = k.wait_for(repaired, timeout=60, what="the lost replica to be replaced")
+        assert {r["host"] for r in rows} == hosts, rows  # three replicas on three distinct live hosts
+        os.kill(cluster3["pid"], 0)  # `notebookos up` still runs
+        restarted = json.loads((runtime / f"{victim_host}.json").read_text())["pid"]
+        assert restarted != daemons[victim_host]
+        reply, outputs = k.execute("print(label, int(kept.sum()))")
+        assert reply["status"] == "ok", reply
+        assert stream_text(outputs) == f"still here {sum(range(300_000))}\n"
+        kernel_view = api("GET", f"{cluster3['url']}/api/kernels", token=cluster3["token"])[1]["kernels"][0]
+        assert sorted(r["replica_id"] for r in kernel_view["replicas"]) == sorted(r["id"] for r in rows), kernel_view
     finally:
         k.shutdown()
 

@@ -82,13 +82,15 @@ class ReplicaKernel(IPythonKernel):
     compaction_entries = Int(
         200, help="Raft log entries after which the log is compacted into a snapshot of the committed refs."
     ).tag(config=True)
+    host_id = Unicode("", help="The host this replica runs on, as the cluster scheduler names it (the front sets it "
+                      "in cluster mode); empty: this machine's hostname.").tag(config=True)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         # ipykernel sleeps 0.5 ms before each execute_reply to let iopub drain; the reply already waits for a Raft
         # commit and goes through the front, which orders nothing across channels anyway.
         self._execute_sleep = 0
-        self.host = socket.gethostname()
+        self.host = self.host_id or socket.gethostname()
         self.diverged: str | None = None
         self._lead_meta: dict[str, Any] = {}
         self._last_seq = 0

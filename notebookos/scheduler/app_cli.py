@@ -98,6 +98,8 @@ def hostd_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def up_arguments(p: argparse.ArgumentParser) -> None:
+    from .up import HOST_RESTART_WINDOW_S, HOST_RESTARTS
+
     p.add_argument("--policy", default="notebookos", help="scheduling policy (default notebookos)")
     p.add_argument("--hosts", type=int, default=4, help="host daemons to start (default 4)")
     p.add_argument("--prewarm", type=int, default=0, help="replica processes each host keeps started ahead of "
@@ -110,6 +112,10 @@ def up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-dir", help="directory for logs and the cluster info file "
                    "(default: a temporary directory, removed on exit)")
     p.add_argument("--no-lab", action="store_true", help="run only the cluster (scheduler and hosts), no JupyterLab")
+    p.add_argument("--no-restart-hosts", dest="restart_hosts", action="store_false",
+                   help="leave a host daemon that died down (default: restart it on its old port, at most "
+                   f"{HOST_RESTARTS} times in {HOST_RESTART_WINDOW_S:g} s; its kernels' replicas are replaced either "
+                   "way)")
 
 
 def _traitlets_argv(cls_name: str, args: argparse.Namespace, options: dict[str, str]) -> list[str]:

@@ -369,6 +369,7 @@ class HostDaemon(Application):
         else:
             full_config = {"ReplicaKernel": dict(config)}
         full_config["ReplicaKernel"]["replica_id"] = replica_id
+        full_config["ReplicaKernel"]["host_id"] = self.host_id  # what the replica calls its host (replicas())
         if self.objects is not None:
             root = self.objects.attach(kernel_id, replica_id, raft_secret)
             full_config["ReplicaKernel"].update(store_dir=str(root), store_name="hostfetch",

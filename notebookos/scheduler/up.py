@@ -4,6 +4,11 @@ Starts the scheduler, ``--hosts`` host daemons with ``--gpus-per-host`` virtual 
 registered, and runs JupyterLab with the ``notebookos`` kernel as the default for new notebooks and
 ``NOTEBOOKOS_SCHEDULER_URL`` / ``NOTEBOOKOS_SCHEDULER_TOKEN`` in the environment its kernels inherit.
 
+A host daemon that dies (killed, crashed) does not stop the cluster: ``up`` logs it and starts it again on the same
+port with the same host id (``--no-restart-hosts``: leaves it down). The scheduler then drops the old record and
+its replicas; each kernel's front notices its lost replica and asks the scheduler where to place a replacement.
+The scheduler or JupyterLab exiting stops the cluster.
+
 Every child runs in its own process group and gets SIGTERM if this process dies (``PR_SET_PDEATHSIG``). Ctrl-C
 (SIGINT) or SIGTERM stops JupyterLab first (it shuts its kernels down), then the host daemons (each stops its
 replicas and deregisters), then the scheduler, each with SIGTERM and a grace period and then SIGKILL to its whole
@@ -31,6 +36,9 @@ from ..parentdeath import term_with_parent
 from .http import SCHEDULER_TOKEN_ENV, SCHEDULER_URL_ENV, write_private_json
 
 DEFAULT_KERNEL_FLAG = "--MultiKernelManager.default_kernel_name=notebookos"
+#: A host daemon that died is restarted at most this many times within the window, then left down.
+HOST_RESTARTS = 5
+HOST_RESTART_WINDOW_S = 300.0
 
 
 class Stop(Exception):
@@ -41,6 +49,7 @@ class Child:
     def __init__(self, name: str, cmd: list[str], log_path: Path | None, env: dict[str, str]):
         self.name = name
         self.cmd = cmd
+        self.env = env
         out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
         try:
             self.process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out,
@@ -88,6 +97,30 @@ class Cluster:
         self.hosts: list[Child] = []
         self.lab: Child | None = None
         self.stop_requested = 0
+        self.restarts: dict[str, list[float]] = {}  # host daemon name -> when it was restarted
+        self.down: list[Child] = []  # host daemons that died and were left down
+
+    def restart_host(self, dead: Child, info_file: Path) -> Child | None:
+        """Start ``dead`` again on its old port (its URL is the scheduler's key for it); None once it has been
+        restarted too often lately, or if its port is unknown."""
+        now = time.monotonic()
+        recent = [t for t in self.restarts.get(dead.name, []) if now - t < HOST_RESTART_WINDOW_S]
+        if len(recent) >= HOST_RESTARTS:
+            return None
+        try:
+            port = json.loads(info_file.read_text())["url"].rsplit(":", 1)[1].rstrip("/")
+        except (OSError, ValueError, KeyError, IndexError):
+            return None
+        cmd = [a for a in dead.cmd]
+        if "--port" in cmd:
+            cmd[cmd.index("--port") + 1] = port
+        else:
+            cmd += ["--port", port]
+        self.restarts[dead.name] = [*recent, now]
+        dead.stop(0)  # reap it, and anything of its process group still there (its replicas die with it)
+        new = Child(dead.name, cmd, dead.log_path, dead.env)
+        self.hosts[self.hosts.index(dead)] = new
+        return new
 
     def children(self) -> list[Child]:
         return [c for c in (self.lab, *self.hosts, self.scheduler) if c is not None]
@@ -114,6 +147,8 @@ class Cluster:
                     pass
         for host in self.hosts:
             host.stop(0 if fast() else 10.0)
+        for host in self.down:
+            host.stop(0)
         if self.scheduler is not None:
             self.scheduler.stop(0 if fast() else 10.0)
 
@@ -188,6 +223,7 @@ def up(args: argparse.Namespace) -> int:
             cluster.hosts.append(Child(f"host daemon host-{i}", [
                 py, "-m", "notebookos.scheduler.hostd", "--scheduler-url", url, "--host-id", f"host-{i}",
                 "--virtual-gpus", str(args.gpus_per_host), "--no-nvml", "--runtime-dir", str(runtime / f"host-{i}"),
+                "--info-file", str(runtime / f"host-{i}.json"),
             ], runtime / f"host-{i}.log", env))
 
         def registered() -> list[dict] | None:
@@ -198,10 +234,15 @@ def up(args: argparse.Namespace) -> int:
             return hosts if len(hosts) >= args.hosts else None
 
         hosts = _wait_for(cluster, registered, 60.0, f"{args.hosts} host(s) to register")
-        write_private_json(runtime / "cluster.json", {
-            "url": url, "token": token, "runtime_dir": str(runtime), "pid": os.getpid(),
-            "scheduler_pid": cluster.scheduler.pid, "host_pids": [h.pid for h in cluster.hosts],
-            "hosts": [h["id"] for h in hosts]})
+        host_ids = [h["id"] for h in hosts]
+
+        def write_info() -> None:
+            write_private_json(runtime / "cluster.json", {
+                "url": url, "token": token, "runtime_dir": str(runtime), "pid": os.getpid(),
+                "scheduler_pid": cluster.scheduler.pid, "host_pids": [h.pid for h in cluster.hosts],
+                "hosts": host_ids})
+
+        write_info()
         print(f"notebookos cluster ready: scheduler {url} ({args.policy} policy), {len(hosts)} host(s) x "
               f"{args.gpus_per_host} virtual GPU(s); token and pids in {runtime / 'cluster.json'}", flush=True)
 
@@ -215,6 +256,22 @@ def up(args: argparse.Namespace) -> int:
         while not cluster.stop_requested:
             dead = cluster.dead_child()
             if dead is not None:
+                if dead in cluster.hosts:
+                    name = dead.name.rsplit(" ", 1)[-1]
+                    code = dead.process.returncode
+                    new = cluster.restart_host(dead, runtime / f"{name}.json") if args.restart_hosts else None
+                    if new is not None:
+                        print(f"notebookos up: {dead.name} exited with {code}; restarted it (pid {new.pid}); its "
+                              "kernels replace the replicas they lost there", file=sys.stderr, flush=True)
+                        write_info()
+                        continue
+                    print(f"notebookos up: {dead.name} exited with {code}; left down (log: {dead.log_path}); the "
+                          "cluster runs on without it", file=sys.stderr, flush=True)
+                    dead.stop(0)
+                    cluster.hosts.remove(dead)
+                    cluster.down.append(dead)
+                    write_info()
+                    continue
                 if dead is cluster.lab:
                     status = dead.process.returncode or 0
                     print(f"notebookos up: JupyterLab exited ({status}); stopping the cluster", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from ...scheduler.client import HostClient, SchedulerClient, SchedulerError
@@ -50,7 +51,10 @@ class HostdLauncher(ReplicaLauncher):
             raise ValueError("cluster mode launches replicas on a host the scheduler chose; none was given")
         reply = await self._client(spec.host_id).launch_replica(
             self.kernel_id, spec.replica_id, spec.connection, spec.config["ReplicaKernel"],
-            raft_secret=spec.env[protocol.RAFT_SECRET_ENV], hash_seed=int(spec.env["PYTHONHASHSEED"]))
+            raft_secret=spec.env[protocol.RAFT_SECRET_ENV], hash_seed=int(spec.env["PYTHONHASHSEED"]),
+            # The notebook's directory (Jupyter starts the kernel there): the daemon runs the replica there when the
+            # path exists on its machine, which a multi-host deployment gets from a filesystem shared at one path.
+            cwd=os.getcwd())
         self._exit[(spec.host_id, spec.replica_id)] = None
         return Launched(reply.get("pid"), spec.host_id, {"host_id": spec.host_id, "replica_id": spec.replica_id})
 
@@ -58,7 +62,8 @@ class HostdLauncher(ReplicaLauncher):
         return self._exit.get((launched.state["host_id"], launched.state["replica_id"]))
 
     async def refresh(self) -> None:
-        for host_id in {h for h, _ in self._exit}:
+        # Only hosts that still run a replica of this kernel: a dead host is asked once, not forever.
+        for host_id in {h for (h, _), code in self._exit.items() if code is None}:
             try:
                 rows = await self._client(host_id).replicas()
             except (SchedulerError, OSError) as exc:
@@ -105,6 +110,8 @@ class SchedulerExecutorPolicy(ExecutorPolicy):
         self.launcher = launcher
         self._waiting = False
         self._releasing: asyncio.Task | None = None
+        self._placed: set[int] = set()  # replacements the scheduler placed (it knows them already)
+        self._spare: list[dict[str, Any]] = []  # replicas it placed that no replacement has taken yet
 
     async def _released(self) -> None:
         """Wait for the last cell's GPU release: the scheduler must hear of it before anything else of ours."""
@@ -150,13 +157,33 @@ class SchedulerExecutorPolicy(ExecutorPolicy):
         await self.client.report_migration(self.kernel_id, old_replica, new_replica, host_id or "")
 
     async def replica_lost(self, replica_id: int) -> None:
+        self._placed.discard(replica_id)
         await self._released()
         try:
             await self.client.replica_lost(self.kernel_id, replica_id)
         except (SchedulerError, OSError) as exc:
             log.error("could not report the loss of replica %d: %s", replica_id, exc)
 
+    async def place_replacement(self, lost_replica: int, lost_host: str | None) -> tuple[str | None, int | None]:
+        """The scheduler owns placement: it places the replica the kernel is missing (``POST .../placement``), on a
+        live host with room (scaling out if it must), never reusing an id."""
+        await self._released()
+        if not self._spare:
+            answer = await self.client.top_up(self.kernel_id)
+            self._spare.extend(answer.get("added") or [])
+        if not self._spare:
+            raise RuntimeError("the scheduler placed no replacement (the kernel has all its replicas)")
+        row = self._spare.pop(0)
+        host_id, replica_id = row["host_id"], int(row["replica_id"])
+        if row.get("host_url"):
+            self.launcher.host_urls[host_id] = row["host_url"]
+        self._placed.add(replica_id)
+        return host_id, replica_id
+
     async def replica_added(self, replica_id: int, host_id: str | None) -> None:
+        if replica_id in self._placed:  # placed by the scheduler itself
+            self._placed.discard(replica_id)
+            return
         await self._released()
         try:
             await self.client.report_migration(self.kernel_id, None, replica_id, host_id or "")

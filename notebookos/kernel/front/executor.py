@@ -65,6 +65,11 @@ class ExecutorPolicy(abc.ABC):
     async def replica_added(self, replica_id: int, host_id: str | None) -> None:  # noqa: B027 - optional hook
         """A replacement replica joined the group."""
 
+    async def place_replacement(self, lost_replica: int, lost_host: str | None) -> tuple[str | None, int | None]:
+        """Where the replacement of ``lost_replica`` starts: ``(host id, replica id)``, ``None`` for either
+        leaving the choice to the supervisor. By default where the lost one ran (on one machine: here)."""
+        return lost_host, None
+
     async def migrated(self, old_replica: int, new_replica: int, host_id: str | None) -> None:  # noqa: B027
         """A :class:`Migrate` was carried out: ``new_replica`` on ``host_id`` replaced ``old_replica``."""
 

@@ -132,6 +132,8 @@ class Relay:
         supervisor.on_lost = self._replica_lost
         supervisor.on_replaced = self._replica_replaced
         supervisor.on_diverged = self._diverged_in_status
+        supervisor.place_replacement = lambda dead: policy.place_replacement(dead.id, dead.host_id)
+        supervisor.on_placement_failed = policy.replica_lost
 
     # -- setup -------------------------------------------------------------------------------------------------
     def bind(self) -> None:

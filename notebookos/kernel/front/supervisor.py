@@ -72,7 +72,8 @@ class ReplicaHandle:
         return {
             "id": self.id,
             "pid": self.pid,
-            "host": self.status.get("host") or (self.launched.host if self.launched else socket.gethostname()),
+            "host": self.host_id or self.status.get("host")
+            or (self.launched.host if self.launched else socket.gethostname()),
             "raft_role": self.status.get("raft_role", "starting") if self.alive else "dead",
             "last_executor": self.id == last_executor,
             "alive": self.alive,
@@ -110,6 +111,13 @@ class Supervisor:
         self.on_replaced: Callable[[ReplicaHandle, ReplicaHandle], Awaitable[None]] | None = None  # (dead, new)
         #: A status poll found a live replica diverged (or one kept as a voter still is): (handle, reason).
         self.on_diverged: Callable[[ReplicaHandle, str], Awaitable[None]] | None = None
+        #: Where a lost replica's replacement starts: (host id, replica id), either None for the supervisor's choice.
+        #: The relay asks the executor policy (in cluster mode, the scheduler); unset, where the lost one ran.
+        self.place_replacement: Callable[[ReplicaHandle], Awaitable[tuple[str | None, int | None]]] | None = None
+        #: A placed replacement (by id) did not start or join: its placement is given back.
+        self.on_placement_failed: Callable[[int], Awaitable[None]] | None = None
+        #: How long to keep trying to replace a lost replica (while the group keeps its quorum).
+        self.replace_patience = 300.0
         self.replace_lost = True
         self.starting = False  # True while the initial group is being launched
         self._replacing = False
@@ -154,7 +162,7 @@ class Supervisor:
         raft_address = raft_address or f"{ip}:{ports[5]}"
         config = {"ReplicaKernel": {**self.replica_config, "replica_id": rid, "raft_address": raft_address,
                                     "raft_peers": [p for p in peers if p != raft_address],
-                                    "campaign_now": campaign_now}}
+                                    "campaign_now": campaign_now, **({"host_id": host_id} if host_id else {})}}
         # One hash seed for the whole group, so str hashing and set order agree on every replica.
         env = {protocol.RAFT_SECRET_ENV: self.raft_secret, "PYTHONHASHSEED": self.hash_seed}
         spec = LaunchSpec(rid, connection, config, env, self.runtime_dir, host_id)
@@ -364,36 +372,43 @@ class Supervisor:
         with contextlib.suppress(TimeoutError):
             handle.status = await self.request(handle, protocol.STATUS_REQUEST, {}, timeout=2.0)
 
-    async def replace(self, dead: ReplicaHandle, attempts: int = 5) -> ReplicaHandle | None:
+    async def replace(self, dead: ReplicaHandle) -> ReplicaHandle | None:
         """Take a dead replica out of the Raft group and start a new one that joins and catches up.
 
-        Retried with backoff while the group keeps its quorum: a membership change can be refused for a while
-        after the dead replica was the Raft leader (the new leader must first commit an entry of its term).
+        Retried with backoff (up to 10 s apart) for :attr:`replace_patience` seconds while the group keeps its
+        quorum: a membership change can be refused for a while after the dead replica was the Raft leader (the new
+        leader must first commit an entry of its term), and in cluster mode the host chosen may be one whose death
+        the scheduler has not noticed yet; each attempt asks for a placement anew.
         """
         while self._replacing:
             await asyncio.sleep(0.05)
         self._replacing = True
         try:
-            for attempt in range(attempts):
+            deadline = time.monotonic() + self.replace_patience
+            attempt = 0
+            while True:
                 if not self.has_quorum() or not self.replace_lost:
                     log.error("replica %d lost and the group has no quorum: not replacing", dead.id)
                     return None
                 try:
-                    new = await self._replace_once(dead, dead.host_id)
-                except (TimeoutError, RuntimeError) as exc:
+                    new = await self._replace_once(dead)
+                except Exception as exc:  # a launch on a dead host, a refused membership change, a busy scheduler
                     log.warning("replacing replica %d, attempt %d: %s", dead.id, attempt + 1, exc)
                     new = None
                 if new is not None:
                     if self.on_replaced:
                         await self.on_replaced(dead, new)
                     return new
-                await asyncio.sleep(0.5 * 2 ** attempt)
-            log.error("gave up replacing replica %d after %d attempts", dead.id, attempts)
-            return None
+                if time.monotonic() > deadline:
+                    log.error("gave up replacing replica %d after %d attempts in %.0f s", dead.id, attempt + 1,
+                              self.replace_patience)
+                    return None
+                await asyncio.sleep(min(10.0, 0.5 * 2 ** attempt))
+                attempt += 1
         finally:
             self._replacing = False
 
-    async def _replace_once(self, dead: ReplicaHandle, host_id: str | None = None) -> ReplicaHandle | None:
+    async def _replace_once(self, dead: ReplicaHandle) -> ReplicaHandle | None:
         if dead.member:
             # An explicit Raft timeout: the replicas' commit_timeout may be short, and a membership change can wait
             # for an election first.
@@ -402,13 +417,20 @@ class Supervisor:
             if reply.get("status") != "ok":
                 raise RuntimeError(f"could not remove it from the Raft group: {reply.get('evalue')}")
             dead.member = False
-        new = await self._launch_member(host_id)
-        log.info("replica %d replaced by %d", dead.id, new.id)
+        host_id, replica_id = (await self.place_replacement(dead) if self.place_replacement is not None
+                               else (dead.host_id, None))
+        try:
+            new = await self._launch_member(host_id, replica_id)
+        except BaseException:
+            if replica_id is not None and self.on_placement_failed is not None:
+                await self.on_placement_failed(replica_id)
+            raise
+        log.info("replica %d replaced by %d%s", dead.id, new.id, f" on {host_id}" if host_id else "")
         return new
 
-    async def _launch_member(self, host_id: str | None) -> ReplicaHandle:
+    async def _launch_member(self, host_id: str | None, replica_id: int | None = None) -> ReplicaHandle:
         """Start a replica and add it to the Raft group through a live member (it catches up by itself)."""
-        new = await self.launch([r.raft_address for r in self.live], host_id=host_id)
+        new = await self.launch([r.raft_address for r in self.live], host_id=host_id, replica_id=replica_id)
         new.member = False
         reply = await self.request(self.live[0], protocol.MEMBERSHIP_REQUEST,
                                    {"op": "add", "address": new.raft_address, "timeout": 10.0}, timeout=15.0)

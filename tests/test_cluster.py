@@ -185,6 +185,40 @@ def test_a_killed_host_daemon_is_restarted_and_the_kernel_repaired(cluster3, tmp
 
 
 @pytest.fixture
+def leased_cluster(tmp_path_factory):
+    yield from _up(tmp_path_factory, 2, 2, "--SchedulerService.front_lease=3", "--SchedulerService.check_interval=0.5")
+
+
+def test_a_killed_front_loses_its_lease_and_its_kernel_is_ended(leased_cluster):
+    """A front killed with SIGKILL never removes its kernel: once its lease runs out the scheduler releases the GPU
+    its running cell held and has the host daemons stop its replicas; a live front's kernel is untouched."""
+    url, token = leased_cluster["url"], leased_cluster["token"]
+    doomed, alive = Kernel(), Kernel()
+    try:
+        doomed.execute("x = 1")
+        alive.execute("y = 2")
+        pids = [r["pid"] for r in doomed.info()["replicas"]]
+        doomed.client.execute("import time\ntime.sleep(120)")
+        doomed.wait_for(lambda: api("GET", f"{url}/api/status", token=token)[1]["gpus"]["committed"] == 1,
+                        what="the cell to hold a GPU")
+        os.kill(doomed.km.provisioner.process.pid, signal.SIGKILL)
+        doomed.wait_for(lambda: api("GET", f"{url}/api/status", token=token)[1]["gpus"]["committed"] == 0,
+                        timeout=30, what="the dead front's GPU to be released")
+        status = api("GET", f"{url}/api/status", token=token)[1]
+        assert any("did not renew its lease" in r["why"] for r in status["reclaimed"]), status
+        doomed.wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), timeout=30,
+                        what="the dead front's replicas to be stopped")
+        # The live front renews its lease: its kernel goes on well past the lease time.
+        time.sleep(4)
+        reply, outputs = alive.execute("print(y)")
+        assert reply["status"] == "ok" and stream_text(outputs) == "2\n", reply
+    finally:
+        alive.shutdown()
+        doomed.client.stop_channels()
+        doomed.km.cleanup_resources()
+
+
+@pytest.fixture
 def reservation_cluster(tmp_path_factory):
     yield from _up(tmp_path_factory, 2, 1, "--policy", "reservation")
 

@@ -197,8 +197,10 @@ def add_up_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
         "up", help="start a local cluster (scheduler, host daemons with virtual GPUs) and JupyterLab",
         description="Start a scheduler and N host daemons with virtual GPUs on this machine, wait until every "
         "host registered, then run JupyterLab with the notebookos kernel as default and the scheduler's URL "
-        "and token in the kernels' environment. Arguments not listed here go to JupyterLab. Ctrl-C stops "
-        "everything it started.", allow_abbrev=False)
+        "and token in the kernels' environment. --SchedulerService.<trait>=<value> options go to the scheduler "
+        "(--scheduler:<Class>.<trait>=<value> for its policy's and provider's), --HostDaemon.<trait>=<value> to "
+        "every host daemon, other arguments not listed here to JupyterLab. Ctrl-C stops everything it started.",
+        allow_abbrev=False)
     up_arguments(p)
     p.set_defaults(func=run_up, parser=p, passthrough=True)
     return p

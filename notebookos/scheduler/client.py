@@ -80,6 +80,10 @@ class SchedulerClient(_JSONClient):
     async def finished(self, kernel_id: str) -> dict[str, Any]:
         return await self.request("POST", f"/api/kernels/{_q(kernel_id)}/finished", {})
 
+    async def renew_lease(self, kernel_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """This kernel's front is alive -> ``{"lease_s"}``."""
+        return await self.request("POST", f"/api/kernels/{_q(kernel_id)}/lease", {}, timeout=timeout)
+
     async def report_migration(self, kernel_id: str, old_replica_id: int | None, new_replica_id: int,
                                host_id: str) -> dict[str, Any]:
         """A migration (or the replacement of a lost replica, ``old_replica_id=None``) is done."""

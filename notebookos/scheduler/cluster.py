@@ -73,6 +73,8 @@ class KernelRecord:
     running: tuple[int, tuple[int, ...]] | None = None
     last_active: float = 0.0
     next_replica_id: int = 1
+    #: when its front last renewed its lease (the scheduler's clock)
+    lease_renewed: float = 0.0
 
 
 class Cluster:
@@ -99,7 +101,7 @@ class Cluster:
     def add_kernel(self, kernel_id: str, request: ResourceRequest, now: float = 0.0) -> KernelRecord:
         if kernel_id in self.kernels:
             raise ValueError(f"kernel {kernel_id!r} already exists")
-        record = self.kernels[kernel_id] = KernelRecord(kernel_id, request, last_active=now)
+        record = self.kernels[kernel_id] = KernelRecord(kernel_id, request, last_active=now, lease_renewed=now)
         return record
 
     def place_replica(self, kernel_id: str, host_id: str, replica_id: int | None = None) -> ReplicaRecord:

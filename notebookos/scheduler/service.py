@@ -35,6 +35,8 @@ Endpoints (``{id}`` path parts are URL-encoded ids):
     (capped by ``max_execute_wait``): a long poll, so a queued cell starts as soon as GPUs free.
     409 while the kernel already runs a cell.
 ``POST /api/kernels/{id}/finished`` -> ``{"released": bool}`` (releases the cell's GPUs; idempotent).
+``POST /api/kernels/{id}/lease`` -> ``{"lease_s"}``: the front is alive; renew its lease (``front_lease``; placing the
+    kernel starts it, and its answer carries ``lease_s``). An expired lease ends the kernel as if its front removed it.
 ``POST /api/kernels/{id}/replicas`` ``{old_replica_id: int|null, new_replica_id, host_id}`` -> kernel view: a
     migration (or a replacement of a lost replica, ``old_replica_id`` null) is done.
 ``DELETE /api/kernels/{id}/replicas/{replica_id}`` -> kernel view: a replica was lost; forget it.
@@ -151,6 +153,11 @@ class SchedulerService(Application):
                                "reclaim_stops_replicas, it is listed under 'reclaimed' in /api/status, and its "
                                "front gets 410 on every later call. A kernel running a cell is never reclaimed."
                                ).tag(config=True)
+    front_lease = Float(30.0, help="Seconds a kernel's front may go without renewing its lease (POST "
+                        ".../lease; fronts renew every third of it) before the scheduler takes it for dead (a front "
+                        "killed with SIGKILL never removes its kernel): the kernel's GPUs are released, its replicas "
+                        "stopped through their host daemons, and the kernel forgotten; the front, should it be "
+                        "alive after all, gets 410 (0: no leases).").tag(config=True)
     reclaim_stops_replicas = Bool(True, help="When reclaiming an idle kernel, ask its hosts' daemons to stop "
                                   "its replica processes.").tag(config=True)
     prewarm_pool_size = Int(0, help="Replica processes each host daemon keeps started ahead of demand (interpreter "
@@ -231,6 +238,7 @@ class SchedulerService(Application):
             (r"/api/kernels/([^/]+)", KernelHandler, a),
             (r"/api/kernels/([^/]+)/execute", ExecuteHandler, a),
             (r"/api/kernels/([^/]+)/finished", FinishedHandler, a),
+            (r"/api/kernels/([^/]+)/lease", LeaseHandler, a),
             (r"/api/kernels/([^/]+)/replicas", KernelReplicasHandler, a),
             (r"/api/kernels/([^/]+)/placement", PlacementHandler, a),
             (r"/api/kernels/([^/]+)/replicas/([^/]+)", KernelReplicaHandler, a),
@@ -311,9 +319,7 @@ class SchedulerService(Application):
         if record is not None:
             return record
         if kernel_id in self.reclaimed:
-            info = self.reclaimed[kernel_id]
-            raise APIError(410, f"kernel {kernel_id!r} was reclaimed after {info['idle_s']:.1f} s without activity "
-                           f"(session_idle_limit {self.session_idle_limit:g} s)")
+            raise APIError(410, f"kernel {kernel_id!r} was reclaimed: {self.reclaimed[kernel_id]['why']}")
         raise APIError(404, f"no such kernel: {kernel_id!r}")
 
     def host(self, host_id: str) -> Host:
@@ -493,8 +499,9 @@ class SchedulerService(Application):
                 raise
         record = self.cluster.kernels[kernel_id]
         self.log.info("kernel %s placed on %s", kernel_id, ", ".join(r["host_id"] for r in added))
+        record.lease_renewed = self.now()
         return {"kernel_id": kernel_id, "replicas": self.replica_views(record), "hash_seed": self.hash_seed,
-                "per_cell_replicas": not self.standing_replicas}
+                "per_cell_replicas": not self.standing_replicas, "lease_s": self.front_lease}
 
     async def top_up(self, kernel_id: str) -> dict[str, Any]:
         """Place the replicas a kernel is missing (after ``DELETE .../replicas/{id}`` reported one lost)."""
@@ -626,6 +633,10 @@ class SchedulerService(Application):
             self.notify()
         return {"released": was_running}
 
+    def renew_lease(self, kernel_id: str) -> dict[str, Any]:
+        self.kernel(kernel_id).lease_renewed = self.now()
+        return {"lease_s": self.front_lease}
+
     def replicas_changed(self, kernel_id: str, body: dict[str, Any]) -> dict[str, Any]:
         record = self.kernel(kernel_id)
         old = req_int(body, "old_replica_id", required=False)
@@ -723,11 +734,18 @@ class SchedulerService(Application):
     async def housekeeping(self) -> None:
         self.drop_silent_hosts()
         now = self.now()
+        if self.front_lease > 0:
+            for record in list(self.cluster.kernels.values()):
+                silent = now - record.lease_renewed
+                if silent > self.front_lease:
+                    self.reclaim(record, f"its front did not renew its lease for {silent:.1f} s (front_lease "
+                                         f"{self.front_lease:g} s): taken for dead", stop=True)
         if self.session_idle_limit > 0:
             for record in list(self.cluster.kernels.values()):
                 idle = now - record.last_active
                 if record.running is None and idle >= self.session_idle_limit:
-                    self.reclaim(record, idle)
+                    self.reclaim(record, f"{idle:.1f} s without activity (session_idle_limit "
+                                         f"{self.session_idle_limit:g} s)", stop=self.reclaim_stops_replicas)
         if self.host_idle_limit > 0:
             idle_hosts = [h for h in self.policy_obj.idle_hosts(self.cluster, now, self.host_idle_limit)
                           if h in self.managed_hosts]
@@ -752,17 +770,19 @@ class SchedulerService(Application):
         except Exception:
             self.log.exception("scale-in: the provider could not remove host %s", host_id)
 
-    def reclaim(self, record: KernelRecord, idle: float) -> None:
+    def reclaim(self, record: KernelRecord, why: str, stop: bool) -> None:
+        """End a kernel nobody will end (its front is idle past the limit, or dead): free what it holds, and with
+        ``stop`` have its host daemons stop its replicas. Its front, if alive, gets 410 saying ``why``."""
         targets = [(self.host_urls.get(r.host_id), r.replica_id) for r in record.replicas.values()]
         touched = [r.host_id for r in record.replicas.values()]
-        self.cluster.remove_kernel(record.id, self.now())
+        self.cluster.remove_kernel(record.id, self.now())  # releases the GPUs of a running cell too
         self.withdraw(record.id)
         self.refresh_policy(touched)
-        self.reclaimed[record.id] = {"idle_s": round(idle, 3), "reclaimed_at": time.time()}
+        self.reclaimed[record.id] = {"why": why, "reclaimed_at": time.time()}
         while len(self.reclaimed) > 1000:
             self.reclaimed.popitem(last=False)
-        self.log.warning("kernel %s reclaimed after %.0f s idle", record.id, idle)
-        if self.reclaim_stops_replicas:
+        self.log.warning("kernel %s reclaimed: %s", record.id, why)
+        if stop:
             self.spawn(self._stop_replicas(record.id, targets))
         self.notify()
 
@@ -846,6 +866,12 @@ class FinishedHandler(_SchedulerHandler):
     def post(self, kernel_id: str) -> None:
         self.json_body()
         self.send_json(self.owner.finished(kernel_id))
+
+
+class LeaseHandler(_SchedulerHandler):
+    def post(self, kernel_id: str) -> None:
+        self.json_body()
+        self.send_json(self.owner.renew_lease(kernel_id))
 
 
 class PlacementHandler(_SchedulerHandler):

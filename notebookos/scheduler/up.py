@@ -183,6 +183,23 @@ def _ensure_kernelspec() -> None:
     print(f"Installed kernelspec '{ks.KERNEL_NAME}' in {path}", flush=True)
 
 
+def _route_options(extra: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Split ``up``'s unlisted arguments: ``--SchedulerService.x=v`` (and a policy's or provider's own
+    ``--<Class>.x=v`` given as ``--scheduler:<Class>.x=v``) go to the scheduler, ``--HostDaemon.x=v`` to every host
+    daemon, the rest to JupyterLab."""
+    lab, scheduler, hostd = [], [], []
+    for arg in extra:
+        if arg.startswith("--SchedulerService."):
+            scheduler.append(arg)
+        elif arg.startswith("--scheduler:"):
+            scheduler.append("--" + arg[len("--scheduler:"):])
+        elif arg.startswith("--HostDaemon."):
+            hostd.append(arg)
+        else:
+            lab.append(arg)
+    return lab, scheduler, hostd
+
+
 def up(args: argparse.Namespace) -> int:
     if args.hosts < 1:
         raise SystemExit("notebookos up: --hosts must be >= 1")
@@ -215,6 +232,9 @@ def up(args: argparse.Namespace) -> int:
             cmd += ["--replicas-per-kernel", str(args.replicas_per_kernel)]
         if args.prewarm:
             cmd += ["--prewarm-pool-size", str(args.prewarm)]
+        extra, scheduler_extra, hostd_extra = _route_options(args.extra or [])
+        args.extra = extra
+        cmd += scheduler_extra
         cluster.scheduler = Child("scheduler", cmd, runtime / "scheduler.log", env)
         info = _wait_for(cluster, lambda: info_file.exists() and json.loads(info_file.read_text()), 30.0,
                          "the scheduler to listen")
@@ -223,7 +243,7 @@ def up(args: argparse.Namespace) -> int:
             cluster.hosts.append(Child(f"host daemon host-{i}", [
                 py, "-m", "notebookos.scheduler.hostd", "--scheduler-url", url, "--host-id", f"host-{i}",
                 "--virtual-gpus", str(args.gpus_per_host), "--no-nvml", "--runtime-dir", str(runtime / f"host-{i}"),
-                "--info-file", str(runtime / f"host-{i}.json"),
+                "--info-file", str(runtime / f"host-{i}.json"), *hostd_extra,
             ], runtime / f"host-{i}.log", env))
 
         def registered() -> list[dict] | None:

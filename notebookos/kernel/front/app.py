@@ -182,6 +182,13 @@ class NotebookOSFront(Application):
         tasks = [asyncio.ensure_future(supervisor.watch()),
                  asyncio.ensure_future(supervisor.poll_status(self.status_interval)),
                  asyncio.ensure_future(_exit_with_parent(relay.shutdown, self.log))]
+        if scheduler is not None and not unplaced:
+
+            def ended(why: str) -> None:
+                supervisor.replace_lost = False
+                relay.unavailable = f"the cluster scheduler ended this kernel ({why}); restart the kernel"
+
+            tasks.append(asyncio.ensure_future(policy.keep_lease(float(placement.get("lease_s") or 0), ended)))
         try:
             await relay.shutdown.wait()
             await asyncio.sleep(0.05)  # let the shutdown_reply leave

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ...scheduler.client import HostClient, SchedulerClient, SchedulerError
@@ -136,6 +137,25 @@ class SchedulerExecutorPolicy(ExecutorPolicy):
             self.launcher.host_urls[answer["to_host"]] = answer["to_host_url"]
             return Migrate(int(answer["replica_id"]), answer["to_host"])
         return Wait(int(answer.get("position", 1)), answer.get("reason", "waiting for a GPU"))
+
+    async def keep_lease(self, lease_s: float, on_ended: Callable[[str], None]) -> None:
+        """Renew this front's lease with the scheduler every third of ``lease_s``: a front that stops renewing
+        (killed) has its kernel ended by the scheduler (GPUs released, replicas stopped). ``on_ended`` gets the
+        scheduler's reason if it ended the kernel anyway."""
+        if lease_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            try:
+                await self.client.renew_lease(self.kernel_id, timeout=lease_s / 3)
+            except SchedulerError as exc:
+                if exc.status in (404, 410):
+                    log.error("the scheduler ended kernel %s: %s", self.kernel_id, exc.message)
+                    on_ended(exc.message)
+                    return
+                log.warning("could not renew the lease of kernel %s: %s", self.kernel_id, exc)
+            except OSError as exc:
+                log.warning("could not renew the lease of kernel %s: %s", self.kernel_id, exc)
 
     async def cell_finished(self, replica_id: int) -> None:
         # The cell's reply goes to the client without waiting for the scheduler; the next request of this kernel

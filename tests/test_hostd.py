@@ -220,7 +220,9 @@ def test_up_no_lab_leaves_nothing_behind(tmp_path):
         assert code == 201 and len(placed["replicas"]) == 2
         # A replica launched through one of its hosts must go too.
         host_url = placed["replicas"][0]["host_url"]
-        code, launched = api("POST", f"{host_url}/api/replicas", replica_body(tmp_path, "kup"), token=token)
+        # As a front does: with the kernel's own token, which the placement answered with.
+        code, launched = api("POST", f"{host_url}/api/replicas", replica_body(tmp_path, "kup"),
+                             token=placed["kernel_token"])
         assert code == 201, launched
         recorded.append(launched["pid"])
         assert len(pids_with(str(runtime))) >= 4  # scheduler, 2 hosts, the replica

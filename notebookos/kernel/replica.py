@@ -112,11 +112,17 @@ class ReplicaKernel(IPythonKernel):
             # Before Raft starts: the snapshot is this replica's starting state, applied like one from a leader.
             with open(self.restore_from, "rb") as f:
                 self.cell_log._deserialize(pickle.load(f))
+        secret = os.environ.get(protocol.RAFT_SECRET_ENV)
+        if not secret:
+            # PySyncObj without a password takes unauthenticated pickles from anyone who reaches the port.
+            raise RuntimeError(f"${protocol.RAFT_SECRET_ENV} is not set: a replica's Raft port must be authenticated. "
+                               "Replicas are started by the notebookos front or a host daemon, which set it; to start "
+                               "one by hand, set it to the same random secret on every replica of the kernel")
         self.raft = RaftNode(
             self.raft_address,
             list(self.raft_peers),
             self.cell_log,
-            os.environ.get(protocol.RAFT_SECRET_ENV) or None,
+            secret,
             RaftTuning(compaction_min_entries=self.compaction_entries),
             campaign_now=self.campaign_now,
         )

@@ -37,7 +37,7 @@ HOSTD_OPTIONS = {
     "public_url": "public_url", "virtual_gpus": "virtual_gpus", "use_nvml": "use_nvml",
     "runtime_dir": "runtime_dir", "stop_grace": "stop_grace", "info_file": "info_file", "log_level": "log_level",
     "heartbeat_interval": "heartbeat_interval", "prewarm": "prewarm", "replica_ip": "replica_ip",
-    "store_root": "store_root",
+    "store_root": "store_root", "token_stdin": "token_stdin",
 }
 
 
@@ -75,6 +75,8 @@ def scheduler_arguments(p: argparse.ArgumentParser) -> None:
 def hostd_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler-url", help="scheduler to register with (empty: none)")
     p.add_argument("--token", help=TOKEN_HELP)
+    p.add_argument("--token-stdin", action="store_true", default=None,
+                   help="read the token from the first line of stdin (kept out of every environment and file)")
     p.add_argument("--host-id", help="this host's id (default HOSTNAME:PORT)")
     p.add_argument("--ip", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 0: a free port)")

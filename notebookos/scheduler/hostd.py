@@ -54,7 +54,17 @@ from ..parentdeath import kill_with_parent
 from .gpus import GPUInfo, discover_gpus
 from .hostobjects import HostObjects
 from .hostobjects import routes as object_routes
-from .http import SCHEDULER_TOKEN_ENV, APIError, JSONHandler, NotFoundHandler, req_dict, req_int, req_str
+from .http import (
+    SCHEDULER_TOKEN_ENV,
+    APIError,
+    JSONHandler,
+    NotFoundHandler,
+    kernel_of,
+    req_dict,
+    req_int,
+    req_str,
+    same_token,
+)
 from .prewarm_pool import PrewarmPool, pool_env
 
 RAFT_SECRET_ENV = "NOTEBOOKOS_RAFT_SECRET"  # notebookos.kernel.protocol.RAFT_SECRET_ENV
@@ -106,8 +116,11 @@ class HostDaemon(Application):
     description = "notebookos host daemon: reports this server's GPUs and runs kernel replicas on it."
 
     scheduler_url = Unicode("", help="Scheduler to register with (empty: run without one).").tag(config=True)
-    token = Unicode(help="Token for the scheduler and for this daemon's own API "
-                    f"(default ${SCHEDULER_TOKEN_ENV}).").tag(config=True)
+    token = Unicode(help="This daemon's credential, for the scheduler (the hosts' token) and for its own API "
+                    f"(default: the first line of stdin with --token-stdin, else ${SCHEDULER_TOKEN_ENV}). Kernel "
+                    "code on this host can read the daemon's environment: prefer --token-stdin.").tag(config=True)
+    token_stdin = Bool(False, help="Read the token from the first line of stdin (a pipe from whoever starts the "
+                       "daemon: `notebookos up` does), so it is in no environment or file.").tag(config=True)
     host_id = Unicode("", help="This host's id in the cluster (default HOSTNAME:PORT).").tag(config=True)
     ip = Unicode("127.0.0.1", help="Address the REST API listens on.").tag(config=True)
     port = Int(0, help="Port the REST API listens on (0: a free port).").tag(config=True)
@@ -146,10 +159,15 @@ class HostDaemon(Application):
 
     @default("token")
     def _token_default(self) -> str:
+        if self.token_stdin:
+            return sys.stdin.readline().strip()
         return os.environ.get(SCHEDULER_TOKEN_ENV, "")
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
+        #: The scheduler's key for kernel tokens (from the registration): lets a kernel's front call this daemon
+        #: for that kernel's replicas only.
+        self.kernel_token_key = ""
         self.gpus: list[GPUInfo] = []
         self.replicas: dict[tuple[str, int], LaunchedReplica] = {}
         self.url = ""
@@ -167,7 +185,7 @@ class HostDaemon(Application):
     # -- lifecycle ----------------------------------------------------------------------------------------------
     async def listen(self) -> str:
         if not self.token:
-            raise ValueError(f"hostd needs a token (--token or ${SCHEDULER_TOKEN_ENV})")
+            raise ValueError(f"hostd needs a token (--token-stdin, --token or ${SCHEDULER_TOKEN_ENV})")
         self.gpus = discover_gpus(self.virtual_gpus, use_nvml=self.use_nvml)
         if self.runtime_dir:
             Path(self.runtime_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -213,6 +231,17 @@ class HostDaemon(Application):
                 "memory_mb": memory_mb(), "devices": [g.to_dict() for g in self.gpus],
                 "heartbeat_s": self.heartbeat_interval}
 
+    def authorize(self, handler: Any, token: str) -> Any:
+        """``"admin"`` for this daemon's own token (the scheduler, other host daemons, ``up``); ``("kernel", id)``
+        for a kernel token the scheduler made (its key came with the registration) on endpoints a kernel's front
+        uses, which then only touch that kernel's replicas; else None (403)."""
+        if same_token(token, self.token):
+            return "admin"
+        kernel_id = kernel_of(self.kernel_token_key, token)
+        if kernel_id is not None and getattr(handler, "kernel_scoped", False):
+            return ("kernel", kernel_id)
+        return None
+
     async def register(self) -> None:
         """Register with the scheduler, retrying while it cannot be reached (it may still be starting)."""
         from .client import SchedulerClient, SchedulerError
@@ -233,6 +262,7 @@ class HostDaemon(Application):
         self.log.info("registered with the scheduler at %s as %s", self.scheduler_url, self.host_id)
         if answer.get("hash_seed") is not None:
             self.hash_seed = str(answer["hash_seed"])
+        self.kernel_token_key = str(answer.get("kernel_token_key") or "")
         self.start_pool(self.prewarm if self.prewarm is not None else int(answer.get("prewarm_pool_size") or 0))
 
     def start_pool(self, size: int) -> None:
@@ -462,6 +492,13 @@ def validate_connection(connection: dict[str, Any]) -> dict[str, Any]:
 
 class _HostHandler(JSONHandler):
     owner: HostDaemon
+    #: Whether a kernel token (good for one kernel's replicas only) may call this endpoint.
+    kernel_scoped = False
+
+    def own_kernel(self, kernel_id: str) -> None:
+        """403 unless this request's token is good for ``kernel_id`` (the daemon's own token is good for all)."""
+        if self.scope != "admin" and self.scope != ("kernel", kernel_id):
+            raise APIError(403, f"this token is not good for kernel {kernel_id!r}")
 
 
 class GPUsHandler(_HostHandler):
@@ -470,25 +507,36 @@ class GPUsHandler(_HostHandler):
 
 
 class PortsHandler(_HostHandler):
+    kernel_scoped = True
+
     def post(self) -> None:
         count = req_int(self.json_body(), "count", minimum=1, maximum=32)
         self.send_json(self.owner.allocate_ports(count))
 
 
 class ReplicasHandler(_HostHandler):
+    kernel_scoped = True
+
     def get(self) -> None:
         pool = self.owner.pool
-        self.send_json({"replicas": [r.view() for r in self.owner.replicas.values()],
+        rows = [r.view() for r in self.owner.replicas.values()
+                if self.scope == "admin" or ("kernel", r.kernel_id) == self.scope]  # a kernel sees its own only
+        self.send_json({"replicas": rows,
                         "prewarm": pool.view() if pool is not None else {"size": 0, "waiting": 0, "ready": 0}})
 
     def post(self) -> None:
-        replica = self.owner.launch(self.json_body())
+        body = self.json_body()
+        self.own_kernel(str(body.get("kernel_id")))
+        replica = self.owner.launch(body)
         self.send_json({"pid": replica.process.pid, "kernel_id": replica.kernel_id,
                         "replica_id": replica.replica_id, "log": str(replica.log)}, 201)
 
 
 class ReplicaHandler(_HostHandler):
+    kernel_scoped = True
+
     async def delete(self, kernel_id: str, replica_id: str) -> None:
+        self.own_kernel(kernel_id)
         try:
             rid = int(replica_id)
         except ValueError:

@@ -1,12 +1,17 @@
 """HTTP plumbing shared by the scheduler service and the host daemons: token auth, JSON bodies, clear errors.
 
-Every endpoint needs ``Authorization: token TOKEN`` (``Bearer`` is accepted too); anything else gets 403. An error
-is answered as ``{"error": "what was wrong"}`` with a 4xx/5xx status; the ``req_*`` helpers name the missing or bad
-field and what it should be.
+Every endpoint needs ``Authorization: token TOKEN`` (``Bearer`` is accepted too); anything else gets 403. The
+token is checked when the headers arrive, before any of the body is read, and a body over :data:`MAX_BODY_BYTES`
+gets 413. Each service says what a token may do (``owner.authorize``): the scheduler knows an admin token, a hosts'
+token, a launcher token (Jupyter servers: placing kernels) and *kernel tokens*, each good for one kernel's own
+requests (:func:`kernel_token`: the kernel id and an HMAC of it under the scheduler's key, so a host daemon given
+the key checks them without asking). An error is answered as ``{"error": "what was wrong"}`` with a 4xx/5xx status;
+the ``req_*`` helpers name the missing or bad field and what it should be.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import math
@@ -19,6 +24,12 @@ from tornado import web
 #: Environment variables the kernel side reads to find the scheduler (``notebookos up`` sets them for JupyterLab).
 SCHEDULER_URL_ENV = "NOTEBOOKOS_SCHEDULER_URL"
 SCHEDULER_TOKEN_ENV = "NOTEBOOKOS_SCHEDULER_TOKEN"
+#: A file (mode 0600) holding the token, for processes that must not keep it in an environment user code inherits.
+SCHEDULER_TOKEN_FILE_ENV = "NOTEBOOKOS_SCHEDULER_TOKEN_FILE"
+
+#: Largest request body read (after the token check); larger ones get 413.
+MAX_BODY_BYTES = 8 << 20
+_KERNEL_TOKEN_PREFIX = "nbk1"
 
 
 class APIError(web.HTTPError):
@@ -29,32 +40,88 @@ class APIError(web.HTTPError):
         self.message = message
 
 
+def bearer(header: str) -> str | None:
+    """The token an ``Authorization`` header carries (``token T`` or ``Bearer T``), or None."""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() not in ("token", "bearer") or not value.strip():
+        return None
+    return value.strip()
+
+
 def check_token(header: str, token: str) -> bool:
     """True if an ``Authorization`` header carries ``token`` (``token T`` or ``Bearer T``)."""
-    scheme, _, value = header.strip().partition(" ")
-    if not token or scheme.lower() not in ("token", "bearer"):
-        return False
-    return hmac.compare_digest(value.strip().encode(), token.encode())
+    value = bearer(header)
+    return bool(token) and value is not None and same_token(value, token)
 
 
+def same_token(a: str | None, b: str | None) -> bool:
+    return bool(a) and bool(b) and hmac.compare_digest(a.encode(), b.encode())
+
+
+def kernel_token(key: str, kernel_id: str) -> str:
+    """The token good for ``kernel_id``'s own requests only (the scheduler gives it to the kernel's front)."""
+    kid = kernel_id.encode().hex()
+    mac = hmac.new(key.encode(), f"{_KERNEL_TOKEN_PREFIX}.{kid}".encode(), hashlib.sha256).hexdigest()
+    return f"{_KERNEL_TOKEN_PREFIX}.{kid}.{mac}"
+
+
+def kernel_of(key: str, token: str | None) -> str | None:
+    """The kernel id a kernel token is good for, if it was made with ``key``; else None."""
+    if not key or not token or not token.startswith(_KERNEL_TOKEN_PREFIX + "."):
+        return None
+    try:
+        kernel_id = bytes.fromhex(token.split(".")[1]).decode()
+    except (IndexError, ValueError):
+        return None
+    return kernel_id if same_token(token, kernel_token(key, kernel_id)) else None
+
+
+def read_secret(path: str | os.PathLike) -> str:
+    """A token from a file only this user may read; refuses a file others can read (say so, and how to fix it)."""
+    mode = os.stat(path).st_mode
+    if mode & 0o077:
+        raise ValueError(f"{path} is readable by other users (mode {mode & 0o777:o}): chmod 600 it")
+    return Path(path).read_text().strip()
+
+
+@web.stream_request_body
 class JSONHandler(web.RequestHandler):
-    """Token-checked JSON handler; ``owner`` is the service object (scheduler or host daemon)."""
+    """Token-checked JSON handler; ``owner`` is the service object (scheduler or host daemon), whose
+    ``authorize(handler, token)`` returns what the token may do (the handler keeps it as ``scope``) or None.
+
+    The body streams in only after :meth:`prepare` accepted the token, and is bounded by :data:`MAX_BODY_BYTES`.
+    """
+
+    scope: Any = None
 
     def initialize(self, owner: Any) -> None:
         self.owner = owner
+        self._chunks: list[bytes] = []
+        self._size = 0
 
     def prepare(self) -> None:
-        if not check_token(self.request.headers.get("Authorization", ""), self.owner.token):
-            raise APIError(403, "missing or wrong token: send the header 'Authorization: token <TOKEN>'")
+        token = bearer(self.request.headers.get("Authorization", ""))
+        self.scope = self.owner.authorize(self, token) if token else None
+        if self.scope is None:
+            raise APIError(403, "missing or wrong token: send the header 'Authorization: token <TOKEN>' with a "
+                           "token good for this request")
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > MAX_BODY_BYTES:
+            raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes")
+        self._chunks.append(chunk)
 
     def json_body(self) -> dict[str, Any]:
-        raw = self.request.body
+        raw = b"".join(self._chunks)
         if not raw or not raw.strip():
             return {}
         try:
             body = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise APIError(400, f"malformed JSON in request body: {exc}") from None
+        except RecursionError:
+            raise APIError(400, "malformed JSON in request body: nested too deeply") from None
         if not isinstance(body, dict):
             raise APIError(400, f"request body must be a JSON object, got {type(body).__name__}")
         return body

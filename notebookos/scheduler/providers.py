@@ -137,7 +137,7 @@ class LocalHostProvider(HostProvider):
     def command(self, host_id: str, gpus: int, host_dir: Path) -> list[str]:
         return [self.python, "-m", "notebookos.scheduler.hostd", "--scheduler-url", self.scheduler_url,
                 "--host-id", host_id, "--ip", self.ip, "--port", "0", "--virtual-gpus", str(gpus), "--no-nvml",
-                "--runtime-dir", str(host_dir), *self.extra_args]
+                "--runtime-dir", str(host_dir), "--token-stdin", *self.extra_args]
 
     async def add_host(self, gpus: int) -> str:
         if not self.scheduler_url:
@@ -146,12 +146,15 @@ class LocalHostProvider(HostProvider):
         host_dir = self._runtime_dir() / host_id
         host_dir.mkdir(mode=0o700)
         log_path = host_dir / "hostd.log"
-        env = {**os.environ, "NOTEBOOKOS_SCHEDULER_TOKEN": self.token}
+        # The token goes through a pipe: in the daemon's environment, kernel code on the host could read it.
+        env = {k: v for k, v in os.environ.items() if k != "NOTEBOOKOS_SCHEDULER_TOKEN"}
         with open(log_path, "ab") as log_file:
             # Its own process group, so removal can kill the daemon and anything it left behind at once.
-            process = subprocess.Popen(self.command(host_id, gpus, host_dir), env=env, stdin=subprocess.DEVNULL,
+            process = subprocess.Popen(self.command(host_id, gpus, host_dir), env=env, stdin=subprocess.PIPE,
                                        stdout=log_file, stderr=subprocess.STDOUT, process_group=0,
                                        preexec_fn=term_with_parent)
+        process.stdin.write(f"{self.token}\n".encode())
+        process.stdin.close()
         self.processes[host_id] = process
         self.log.info("starting host %s (pid %d, %d virtual GPUs)", host_id, process.pid, gpus)
 

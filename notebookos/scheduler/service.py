@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import os
 import secrets
 import signal
@@ -76,10 +77,13 @@ from .http import (  # noqa: F401 - the env names and write_private_json are par
     APIError,
     JSONHandler,
     NotFoundHandler,
+    kernel_of,
+    kernel_token,
     req_dict,
     req_int,
     req_num,
     req_str,
+    same_token,
     write_private_json,
 )
 from .liveness import HostLiveness
@@ -125,8 +129,21 @@ class SchedulerService(Application):
     port = Int(8766, help="Port the REST API listens on (0: a free port; see info_file).").tag(config=True)
     public_url = Unicode("", help="URL host daemons and fronts use to reach this service "
                          "(default http://IP:PORT).").tag(config=True)
-    token = Unicode(help="Token every request must carry ('Authorization: token T'). Default: "
+    token = Unicode(help="The admin token, good for every request ('Authorization: token T'). Default: "
                     f"${SCHEDULER_TOKEN_ENV}, else a random token (logged, and written to info_file).").tag(config=True)
+    host_token = Unicode("", help="Token host daemons use: register, heartbeat, deregister, list hosts; the scheduler "
+                         "also uses it with the daemons (empty: hosts use the admin token).").tag(config=True)
+    launcher_token = Unicode("", help="Token Jupyter servers' kernel provisioners use: place new kernels (POST "
+                             "/api/kernels) and nothing else; each placement answers with a kernel token good for "
+                             "that kernel's own requests only (empty: none; the admin token places kernels too)."
+                             ).tag(config=True)
+    tokens_stdin = Bool(False, help="Read the tokens from one JSON line on stdin ({\"token\", \"host_token\", "
+                        "\"launcher_token\"}), a pipe from whoever starts the scheduler (`notebookos up` does): in "
+                        "no environment or file that kernel code, running as the same user, could read.").tag(
+        config=True)
+    kernel_token_key = Unicode(help="Key of the kernel tokens (HMAC of the kernel id). Default: random at start, "
+                               "so a restarted scheduler's kernels need new tokens; host daemons get it when they "
+                               "register.").tag(config=True)
     info_file = Unicode("", help="Write {url, token, pid} here (mode 0600) once listening; "
                         "lets a launcher use port 0.").tag(config=True)
 
@@ -186,6 +203,10 @@ class SchedulerService(Application):
     def _token_default(self) -> str:
         return os.environ.get(SCHEDULER_TOKEN_ENV, "")
 
+    @default("kernel_token_key")
+    def _kernel_token_key_default(self) -> str:
+        return secrets.token_hex(32)
+
     @default("hash_seed")
     def _hash_seed_default(self) -> str:
         return str(int.from_bytes(os.urandom(4), "little"))
@@ -225,8 +246,26 @@ class SchedulerService(Application):
     def make_provider(self):
         from .providers import load_host_provider
 
-        return load_host_provider(self.host_provider, parent=self, scheduler_url=self.url, token=self.token,
+        return load_host_provider(self.host_provider, parent=self, scheduler_url=self.url,
+                                  token=self.host_token or self.token,
                                   **self.provider_config)
+
+    def authorize(self, handler: Any, token: str) -> str | None:
+        """What ``token`` may do on ``handler``'s endpoint: ``"admin"`` (everything), ``"host"``, ``"launcher"`` or
+        ``"kernel"`` where the endpoint allows that scope for the request's method (``Handler.allow``); a kernel
+        token only for its own kernel's endpoints. None: 403."""
+        if same_token(token, self.token):
+            return "admin"
+        allowed = getattr(handler, "allow", {}).get(handler.request.method, ())
+        if "host" in allowed and same_token(token, self.host_token):
+            return "host"
+        if "launcher" in allowed and same_token(token, self.launcher_token):
+            return "launcher"
+        if "kernel" in allowed:
+            kernel_id = kernel_of(self.kernel_token_key, token)
+            if kernel_id is not None and handler.path_args and handler.path_args[0] == kernel_id:
+                return "kernel"
+        return None
 
     def web_app(self) -> web.Application:
         a = {"owner": self}
@@ -247,6 +286,16 @@ class SchedulerService(Application):
 
     async def listen(self) -> str:
         """Bind, create policy and provider, start housekeeping; returns the service URL."""
+        if self.tokens_stdin:
+            line = sys.stdin.readline()
+            try:
+                tokens = json.loads(line)
+            except ValueError:
+                raise ValueError("--SchedulerService.tokens_stdin: stdin did not start with a JSON line of tokens"
+                                 ) from None
+            for key in ("token", "host_token", "launcher_token"):
+                if tokens.get(key):
+                    setattr(self, key, str(tokens[key]))
         if not self.token:
             self.token = secrets.token_hex(24)
             if not self.info_file:
@@ -422,7 +471,8 @@ class SchedulerService(Application):
         self.log.info("host %s registered: %d GPU(s), %g CPUs, %d MiB, %s", host_id, gpus, cpus, memory_mb, url)
         self.notify()
         view = self.host_view(self.cluster.hosts[host_id])
-        view.update(hash_seed=self.hash_seed, prewarm_pool_size=self.prewarm_pool_size)
+        view.update(hash_seed=self.hash_seed, prewarm_pool_size=self.prewarm_pool_size,
+                    kernel_token_key=self.kernel_token_key)
         if lost:
             view["lost_replicas"] = lost
         return view
@@ -501,7 +551,8 @@ class SchedulerService(Application):
         self.log.info("kernel %s placed on %s", kernel_id, ", ".join(r["host_id"] for r in added))
         record.lease_renewed = self.now()
         return {"kernel_id": kernel_id, "replicas": self.replica_views(record), "hash_seed": self.hash_seed,
-                "per_cell_replicas": not self.standing_replicas, "lease_s": self.front_lease}
+                "per_cell_replicas": not self.standing_replicas, "lease_s": self.front_lease,
+                "kernel_token": kernel_token(self.kernel_token_key, kernel_id)}
 
     async def top_up(self, kernel_id: str) -> dict[str, Any]:
         """Place the replicas a kernel is missing (after ``DELETE .../replicas/{id}`` reported one lost)."""
@@ -793,7 +844,7 @@ class SchedulerService(Application):
             if not url:
                 continue
             try:
-                await HostClient(url, self.token).stop_replica(kernel_id, replica_id)
+                await HostClient(url, kernel_token(self.kernel_token_key, kernel_id)).stop_replica(kernel_id, replica_id)
             except SchedulerError as exc:
                 if exc.status != 404:  # 404: not launched through that daemon (standalone front)
                     self.log.warning("reclaim %s: stopping replica %d at %s: %s", kernel_id, replica_id, url, exc)
@@ -806,9 +857,13 @@ class SchedulerService(Application):
 
 class _SchedulerHandler(JSONHandler):
     owner: SchedulerService
+    #: method -> the scopes besides admin that may call it (see SchedulerService.authorize)
+    allow: dict[str, tuple[str, ...]] = {}
 
 
 class HostsHandler(_SchedulerHandler):
+    allow = {"GET": ("host",), "POST": ("host",)}
+
     def get(self) -> None:
         self.send_json({"hosts": [self.owner.host_view(h) for h in self.owner.cluster.hosts.values()]})
 
@@ -817,6 +872,8 @@ class HostsHandler(_SchedulerHandler):
 
 
 class HostHandler(_SchedulerHandler):
+    allow = {"GET": ("host",), "DELETE": ("host",)}
+
     def get(self, host_id: str) -> None:
         self.send_json(self.owner.host_view(self.owner.host(host_id)))
 
@@ -825,11 +882,15 @@ class HostHandler(_SchedulerHandler):
 
 
 class HostHeartbeatHandler(_SchedulerHandler):
+    allow = {"POST": ("host",)}
+
     def post(self, host_id: str) -> None:
         self.send_json(self.owner.host_heartbeat(host_id))
 
 
 class KernelsHandler(_SchedulerHandler):
+    allow = {"POST": ("launcher",)}
+
     def get(self) -> None:
         self.send_json({"kernels": [self.owner.kernel_view(k) for k in self.owner.cluster.kernels.values()]})
 
@@ -838,6 +899,8 @@ class KernelsHandler(_SchedulerHandler):
 
 
 class KernelHandler(_SchedulerHandler):
+    allow = {"GET": ("kernel",), "DELETE": ("kernel",)}
+
     def get(self, kernel_id: str) -> None:
         self.send_json(self.owner.kernel_view(self.owner.kernel(kernel_id)))
 
@@ -846,6 +909,8 @@ class KernelHandler(_SchedulerHandler):
 
 
 class ExecuteHandler(_SchedulerHandler):
+    allow = {"POST": ("kernel",)}
+
     _closed = False
 
     def on_connection_close(self) -> None:
@@ -863,29 +928,39 @@ class ExecuteHandler(_SchedulerHandler):
 
 
 class FinishedHandler(_SchedulerHandler):
+    allow = {"POST": ("kernel",)}
+
     def post(self, kernel_id: str) -> None:
         self.json_body()
         self.send_json(self.owner.finished(kernel_id))
 
 
 class LeaseHandler(_SchedulerHandler):
+    allow = {"POST": ("kernel",)}
+
     def post(self, kernel_id: str) -> None:
         self.json_body()
         self.send_json(self.owner.renew_lease(kernel_id))
 
 
 class PlacementHandler(_SchedulerHandler):
+    allow = {"POST": ("kernel",)}
+
     async def post(self, kernel_id: str) -> None:
         self.json_body()
         self.send_json(await self.owner.top_up(kernel_id))
 
 
 class KernelReplicasHandler(_SchedulerHandler):
+    allow = {"POST": ("kernel",)}
+
     def post(self, kernel_id: str) -> None:
         self.send_json(self.owner.replicas_changed(kernel_id, self.json_body()))
 
 
 class KernelReplicaHandler(_SchedulerHandler):
+    allow = {"DELETE": ("kernel",)}
+
     def delete(self, kernel_id: str, replica_id: str) -> None:
         try:
             rid = int(replica_id)

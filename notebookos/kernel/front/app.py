@@ -25,6 +25,7 @@ from traitlets import Bool, Float, Int, Type, Unicode, validate
 from traitlets.config import Application
 
 from ...scheduler.client import SchedulerClient, SchedulerError
+from ...scheduler.http import SCHEDULER_TOKEN_ENV, SCHEDULER_TOKEN_FILE_ENV, read_secret
 from ..scratch import default_store_dir
 from .cluster import HostdLauncher, SchedulerExecutorPolicy
 from .executor import ExecutorPolicy, LastExecutorPolicy
@@ -63,7 +64,8 @@ class NotebookOSFront(Application):
                    "(bound only while it runs). Empty: none.").tag(config=True)
     executor_policy_class = Type(LastExecutorPolicy, klass=ExecutorPolicy,
                                  help="Chooses the replica and GPUs of each cell.").tag(config=True)
-    scheduler_url = Unicode("", help="Cluster mode: the scheduler's URL (token from $NOTEBOOKOS_SCHEDULER_TOKEN). "
+    scheduler_url = Unicode("", help="Cluster mode: the scheduler's URL (the token that places the kernel from the "
+                            "file named by $NOTEBOOKOS_SCHEDULER_TOKEN_FILE, else $NOTEBOOKOS_SCHEDULER_TOKEN). "
                             "Empty: standalone, every replica on this machine.").tag(config=True)
     kernel_id = Unicode("", help="This kernel's id, as the scheduler knows it (cluster mode).").tag(config=True)
     gpu_request = Int(1, help="Cluster mode: GPUs a cell of this kernel needs.").tag(config=True)
@@ -138,7 +140,7 @@ class NotebookOSFront(Application):
         ids: list[int] | None = None
         count = self.replicas
         if self.scheduler_url:
-            scheduler = SchedulerClient(self.scheduler_url, os.environ.get("NOTEBOOKOS_SCHEDULER_TOKEN", ""))
+            scheduler = SchedulerClient(self.scheduler_url, scheduler_token())
             kernel_id = self.kernel_id or runtime_dir.name
             try:
                 placement = await scheduler.place(kernel_id, {"gpus": self.gpu_request, "cpus": self.cpu_request,
@@ -150,6 +152,10 @@ class NotebookOSFront(Application):
                             "longer need or give the cluster more hosts, then restart this kernel.")
                 placement = {"replicas": []}
             placed = placement["replicas"]
+            if placement.get("kernel_token"):
+                # From here on only this kernel's own token: good for its own requests, to the scheduler and to
+                # the host daemons of its replicas, and nothing else.
+                scheduler = SchedulerClient(self.scheduler_url, placement["kernel_token"])
             if placement.get("hash_seed") is not None:
                 # One seed across the cluster lets host daemons hand out replicas they started ahead of demand.
                 supervisor.hash_seed = str(placement["hash_seed"])
@@ -208,6 +214,15 @@ class NotebookOSFront(Application):
                 shutil.rmtree(runtime_dir, ignore_errors=True)
                 if own_store is not None:
                     shutil.rmtree(own_store, ignore_errors=True)
+
+
+def scheduler_token() -> str:
+    """The token this front places its kernel with: from the file ``$NOTEBOOKOS_SCHEDULER_TOKEN_FILE`` names
+    (``notebookos up`` gives Jupyter a launcher token that way), else ``$NOTEBOOKOS_SCHEDULER_TOKEN``."""
+    path = os.environ.get(SCHEDULER_TOKEN_FILE_ENV)
+    if path:
+        return read_secret(path)
+    return os.environ.get(SCHEDULER_TOKEN_ENV, "")
 
 
 async def _exit_with_parent(shutdown: asyncio.Event, log: logging.Logger, interval: float = 1.0) -> None:

@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
@@ -74,11 +75,13 @@ class ReplicaKernel(IPythonKernel):
     collect_garbage = Bool(True, help="Before running a cell, delete the object-store blobs no committed name or "
                            "Out refers to any more (turn off when the store directory is shared between kernels)."
                            ).tag(config=True)
-    state_file = Unicode("", help="Write the committed state (the Raft state machine's snapshot: refs of every "
-                         "value, history, outputs) to this file after each cell this replica runs. For policies "
-                         "that run each cell in a fresh process (batch).").tag(config=True)
-    restore_from = Unicode("", help="Start from the committed state in this file (written by state_file of an "
-                           "earlier replica) instead of an empty namespace.").tag(config=True)
+    keep_state = Bool(False, help="After each cell this replica runs, put the committed state (the Raft state "
+                      "machine's snapshot: refs of every value, history, outputs) into the object store, report its "
+                      "digest (reply metadata and status: 'state') and delete the state it replaces. For policies "
+                      "that run each cell in a fresh process (batch, front/percell.py).").tag(config=True)
+    restore_digest = Unicode("", help="Start from the committed state stored under this digest (put there by "
+                             "keep_state of an earlier replica) instead of an empty namespace. If it cannot be "
+                             "loaded, every cell is refused with a StateMissing error.").tag(config=True)
     compaction_entries = Int(
         200, help="Raft log entries after which the log is compacted into a snapshot of the committed refs."
     ).tag(config=True)
@@ -108,10 +111,12 @@ class ReplicaKernel(IPythonKernel):
         self.tracker.prime()
         self.applier = Applier(self.shell, self.tracker, self.replica_id)
         self.cell_log = CellLog(self.applier.submit)
-        if self.restore_from and os.path.exists(self.restore_from):
+        #: the committed state's digest in the store (keep_state/restore_digest), and why it could not be loaded
+        self.state_digest = self.restore_digest
+        self.state_problem: str | None = None
+        if self.restore_digest:
             # Before Raft starts: the snapshot is this replica's starting state, applied like one from a leader.
-            with open(self.restore_from, "rb") as f:
-                self.cell_log._deserialize(pickle.load(f))
+            self._restore_state(self.restore_digest)
         secret = os.environ.get(protocol.RAFT_SECRET_ENV)
         if not secret:
             # PySyncObj without a password takes unauthenticated pickles from anyone who reaches the port.
@@ -198,6 +203,8 @@ class ReplicaKernel(IPythonKernel):
         """Make sure this replica holds every committed cell before it runs the next one."""
         if self.diverged:
             return "ReplicaDiverged", self.diverged
+        if self.state_problem:
+            return "StateMissing", self.state_problem
         if not self.raft.has_leader() and not await asyncio.to_thread(self.raft.wait_leader, self.ready_timeout):
             return "QuorumLost", f"no Raft leader after {self.ready_timeout:g} s ({self.raft.describe_quorum()})"
         try:
@@ -228,8 +235,8 @@ class ReplicaKernel(IPythonKernel):
             self._last_seq = await commit
             self._last_timings = {"capture_s": round(captured - started, 4),
                                   "commit_s": round(time.perf_counter() - captured, 4)}
-            if self.state_file:
-                await asyncio.to_thread(self._write_state)
+            if self.keep_state:
+                await self._put_state()
         except CommitError as exc:
             # The cell ran here but its effect is not in the log: this namespace no longer matches the group's.
             self.diverged = f"replica {self.replica_id} ran a cell it could not commit: {exc}"
@@ -239,12 +246,34 @@ class ReplicaKernel(IPythonKernel):
                 "cell), the cell's effects are lost and the kernel's state is as of the last committed cell.")
         return reply
 
-    def _write_state(self) -> None:
-        """The committed state, for the next process to start from (written whole, then renamed)."""
-        tmp = f"{self.state_file}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(self.cell_log._serialize(), f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, self.state_file)
+    def _restore_state(self, digest: str) -> None:
+        """Load the committed state stored under ``digest``; on failure note why, and refuse every cell."""
+        try:
+            with ThreadPoolExecutor(1) as pool:  # the store is async and this may run inside an event loop
+                header, _ = pool.submit(asyncio.run, self.store.get(digest)).result()
+            self.cell_log._deserialize(pickle.loads(header))
+        except Exception as exc:  # missing (deleted, or on no host), corrupt, or not a state
+            self.state_problem = (
+                f"this kernel's committed state (object {digest}) could not be loaded from the object store "
+                f"{self.store.location}: {exc}. Starting from an empty namespace would silently lose every earlier "
+                "cell, so no cell runs. Restart the kernel to start again from an empty namespace (re-run your "
+                "cells); its variables are lost.")
+            self.log.error("%s", self.state_problem)
+
+    async def _put_state(self) -> None:
+        """The committed state, for the next cell's process: into the object store; the state it replaces goes."""
+        header = pickle.dumps(self.cell_log._serialize(), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            digest, _ = await self.store.put(header, [])
+        except Exception as exc:  # the front then refuses the next cells: they would start from an older state
+            self.state_digest = ""
+            self.state_problem = (f"the committed state after the last cell could not be stored in the object store "
+                                  f"{self.store.location}: {exc}. Restart the kernel (its variables are lost).")
+            sys.stderr.write(f"notebookos: {self.state_problem}\n")
+            return
+        previous, self.state_digest = self.state_digest, digest
+        if previous and previous != digest:
+            await self.store.delete_many([previous])
 
     def _start_collecting(self) -> None:
         """Delete garbage blobs (garbage.py) while the cell runs; :meth:`_collected` waits for it before the cell's
@@ -292,6 +321,8 @@ class ReplicaKernel(IPythonKernel):
                                        "host": self.host, "devices": list(self.devices.devices),
                                        "raft_address": self.raft_address, "raft_leader": self.raft.leader_address(),
                                        "timings": self._last_timings}
+        if self.keep_state:
+            metadata[protocol.META_KEY]["state"] = self.state_digest
         return metadata
 
     def _publish_error(self, ename: str, evalue: str) -> dict[str, Any]:
@@ -328,6 +359,8 @@ class ReplicaKernel(IPythonKernel):
             "apply_errors": list(self.applier.errors[-5:]),
             "missing_values": sorted(self.tracker.missing),
             "store_garbage": len(self.cell_log.garbage()),
+            "state": self.state_digest,
+            "state_problem": self.state_problem,
         }
 
     async def notebookos_status_request(self, stream, ident, parent):

@@ -169,7 +169,7 @@ class NotebookOSFront(Application):
         relay = Relay(context, connection, client_session, supervisor, policy, self.send_yield)
         relay.unavailable = unplaced
         if scheduler is not None and placement.get("per_cell_replicas"):
-            relay.per_cell = PerCellReplicas(supervisor, runtime_dir / "committed-state.pickle")
+            relay.per_cell = PerCellReplicas(supervisor)
         relay.bind()
         supervisor.starting = True  # until start() below has launched the group: early requests wait for it
         _start_heartbeat(connection)

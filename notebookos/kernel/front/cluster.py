@@ -172,9 +172,38 @@ class SchedulerExecutorPolicy(ExecutorPolicy):
 
         self._releasing = asyncio.ensure_future(release())
 
-    async def migrated(self, old_replica: int, new_replica: int, host_id: str | None) -> None:
+    async def migrated(self, old_replica: int, new_replica: int, host_id: str | None,
+                       patience: float = 120.0) -> None:
+        """Report a migration that has happened. The scheduler must learn it (it would otherwise run cells on a
+        replica that is gone), so a scheduler that cannot be reached or fails (5xx) is asked again, with backoff, for
+        up to ``patience`` seconds; a refusal of a repeated report that an earlier attempt already made is success."""
         await self._released()
-        await self.client.report_migration(self.kernel_id, old_replica, new_replica, host_id or "")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        attempt = 0
+        while True:
+            try:
+                await self.client.report_migration(self.kernel_id, old_replica, new_replica, host_id or "")
+                return
+            except (SchedulerError, OSError) as exc:
+                status = exc.status if isinstance(exc, SchedulerError) else 599
+                if attempt and status in (404, 409) and await self._migration_known(old_replica, new_replica,
+                                                                                      host_id):
+                    return  # an attempt whose answer was lost got through
+                if status < 500 or loop.time() > deadline:
+                    raise
+                log.warning("reporting the migration of replica %d of kernel %s to the scheduler, attempt %d: %s; "
+                            "retrying", old_replica, self.kernel_id, attempt + 1, exc)
+            await asyncio.sleep(min(5.0, 0.5 * 2 ** attempt))
+            attempt += 1
+
+    async def _migration_known(self, old_replica: int, new_replica: int, host_id: str | None) -> bool:
+        try:
+            view = await self.client.kernel(self.kernel_id)
+        except (SchedulerError, OSError):
+            return False
+        where = {int(r["replica_id"]): r.get("host_id") for r in view.get("replicas", [])}
+        return old_replica not in where and where.get(new_replica) == (host_id or "")
 
     async def replica_lost(self, replica_id: int) -> None:
         self._placed.discard(replica_id)

@@ -395,15 +395,36 @@ class Relay:
             await self._send_yields(msg, chosen)
 
     async def _migrate(self, msg: WireMessage, choice: Migrate) -> None:
+        """Move a replica where the scheduler found a GPU, then tell the policy (the scheduler) it moved.
+
+        A migration that fails is rolled back (:meth:`Supervisor.migrate`) and not reported; the cell asks the
+        scheduler again (it may answer run, wait or migrate). A second move asked for the same cell ends the cell
+        with an error that says why the first one failed, rather than trying forever.
+        """
+        from .supervisor import MigrationFailed
+
+        # Per cell: the migration that failed for it (kept on the relay; created here, on the first migration).
+        failed: BoundedDict = self.__dict__.setdefault("_failed_migrations", BoundedDict(100))
+        if msg.msg_id in failed:
+            raise RuntimeError(f"{failed[msg.msg_id]} The scheduler asked to move the replica again, so the cell "
+                               "does not run now: run it again later (it runs once a GPU is free where the kernel's "
+                               "replicas are, or a move succeeds)")
         old = self.supervisor.replicas.get(choice.replica)
         if old is None or not old.alive:
             raise LookupError(f"cannot migrate replica {choice.replica}: it is not alive")
         await self._send_client("iopub", "stream", {
             "name": "stderr", "text": f"notebookos: moving replica {old.id} to host {choice.host_id or 'here'} "
                                       "where a GPU is free; the cell starts right after.\n"}, msg)
-        new = await self.supervisor.migrate(old, choice.host_id, self.committed_seq)
+        try:
+            new = await self.supervisor.migrate(old, choice.host_id, self.committed_seq)
+        except MigrationFailed as exc:
+            failed[msg.msg_id] = str(exc)
+            await self._send_client("iopub", "stream", {
+                "name": "stderr", "text": f"notebookos: {exc} Asking the scheduler again.\n"}, msg)
+            return
         if self.last_executor == old.id:
             self.last_executor = None
+        # The move has happened: the policy retries its report through a scheduler's hiccup.
         await self.policy.migrated(old.id, new.id, choice.host_id)
 
     async def _send_yields(self, msg: WireMessage, executor: int) -> None:

@@ -42,6 +42,16 @@ class ReplicaGone(TimeoutError):
     """A request to a replica whose sockets the front has already closed (it is dead or has left)."""
 
 
+class MigrationFailed(RuntimeError):
+    """A migration that could not complete and was rolled back (see :meth:`Supervisor.migrate`)."""
+
+    def __init__(self, old: int, host_id: str | None, reason: str, outcome: str):
+        super().__init__(f"moving replica {old} to host {host_id or 'here'} failed: {reason}. {outcome}")
+        self.old = old
+        self.host_id = host_id
+        self.reason = reason
+
+
 @dataclass
 class ReplicaHandle:
     """The front's view of one replica process and its sockets."""
@@ -440,45 +450,195 @@ class Supervisor:
         new.member = True
         return new
 
+    #: Seconds a migration's new replica gets to start, join and catch up before the migration is rolled back
+    #: (the environment variable overrides it, for tests and for clusters with slow starts or large states).
+    migrate_timeout = 60.0
+    MIGRATE_TIMEOUT_ENV = "NOTEBOOKOS_MIGRATE_TIMEOUT"
+
     async def migrate(self, old: ReplicaHandle, host_id: str | None, catch_up_seq: int,
-                      timeout: float = 60.0) -> ReplicaHandle:
-        """Move a live replica to ``host_id``: a new replica joins the Raft group and catches up, then the old one
-        leaves and stops. The group keeps its quorum throughout (it grows by one before it shrinks)."""
+                      timeout: float | None = None) -> ReplicaHandle:
+        """Move a live replica to ``host_id``, as a transaction: a new replica joins the Raft group and catches up,
+        then the old one leaves and stops. The group keeps its quorum throughout (it grows by one before it shrinks).
+
+        The commit point is the old replica's removal from the Raft group. Until then the new replica is no part of
+        the kernel (not in :attr:`replicas`: the watcher does not replace it, cells do not run on it), and if any
+        step fails (it does not start or join, does not catch up within ``timeout``, leadership cannot be handed to
+        it, the old one cannot be removed) the migration is rolled back: the new replica leaves the Raft group and
+        its process is stopped, the old one stays a member and keeps running, and :class:`MigrationFailed` says why.
+        """
+        if timeout is None:
+            timeout = self._migrate_timeout()
         while self._replacing:
             await asyncio.sleep(0.05)
         self._replacing = True
+        new: ReplicaHandle | None = None
+        step = "start the new replica"
+        handing_over = False  # the new replica may have become the Raft leader
+        removing = False  # the old replica's removal (the commit point) was proposed
         try:
-            new = await self._launch_member(host_id)
             deadline = time.monotonic() + timeout
-            while True:  # caught up: it has applied every cell committed so far
-                try:
-                    new.status = await self.request(new, protocol.STATUS_REQUEST, {}, timeout=5.0)
-                except TimeoutError:
-                    new.status = {}
-                if new.status.get("applied_index", -1) >= catch_up_seq:
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"replica {new.id} did not catch up within {timeout:g} s")
-                await asyncio.sleep(0.1)
-            if await self._leads(old):
-                # PySyncObj's leader cannot remove itself: hand leadership to the caught-up newcomer first.
+            try:
+                new = await self.launch([r.raft_address for r in self.live], host_id=host_id)
+                # Not part of the kernel until the migration commits (launch registered it; no await since); stopped
+                # with the kernel's departed replicas if the kernel ends meanwhile.
+                del self.replicas[new.id]
+                if new.launched is not None:
+                    self._release_at_end.append(new.launched)
+                new.member = False
+                step = f"add replica {new.id} to the Raft group"
                 reply = await self.request(old, protocol.MEMBERSHIP_REQUEST,
-                                           {"op": "transfer", "address": new.raft_address}, timeout=5.0)
+                                           {"op": "add", "address": new.raft_address, "timeout": 10.0},
+                                           timeout=15.0)
                 if reply.get("status") != "ok":
-                    log.warning("replica %d could not hand Raft leadership to %d: %s", old.id, new.id,
-                                reply.get("evalue"))
+                    raise RuntimeError(reply.get("evalue") or "the membership change was refused")
+                new.member = True
+                step = f"let replica {new.id} catch up"
+                await self._catch_up(new, catch_up_seq, deadline, timeout)
+                step = f"hand Raft leadership from replica {old.id} to replica {new.id}"
+                handing_over = True
+                await self._hand_over_leadership(old, new)
+                step = f"remove replica {old.id} from the Raft group"
+                removing = True
+                reply = await self.request(new, protocol.MEMBERSHIP_REQUEST,
+                                           {"op": "remove", "address": old.raft_address, "timeout": 10.0},
+                                           timeout=15.0)
+                if reply.get("status") != "ok":
+                    raise RuntimeError(reply.get("evalue") or "the membership change was refused")
+            except Exception as exc:
+                reason = f"could not {step}: {exc or type(exc).__name__}"
+                if removing and await self._removed_after_all(old, new):
+                    log.info("migration of replica %d: %s, but the removal was committed after all", old.id, reason)
+                else:
+                    log.error("migration of replica %d to %s failed (%s): rolling it back", old.id,
+                              host_id or "this machine", reason)
+                    outcome = await self._roll_back_migration(old, new, handing_over)
+                    raise MigrationFailed(old.id, host_id, reason, outcome) from exc
+            # Committed: the group is the new replica and the others.
             old.member = False
-            reply = await self.request(new, protocol.MEMBERSHIP_REQUEST,
-                                       {"op": "remove", "address": old.raft_address, "timeout": 10.0},
-                                       timeout=15.0)
-            if reply.get("status") != "ok":
-                log.error("migrated replica %d could not leave the group: %s", old.id, reply.get("evalue"))
             old.alive = False  # before it exits, so the watcher does not take the planned exit for a loss
+            self.replicas[new.id] = new
+            if new.launched in self._release_at_end:
+                self._release_at_end.remove(new.launched)
             await self.launcher.terminate(old.launched)
+            self._prune()
             log.info("replica %d migrated to replica %d on %s", old.id, new.id, host_id or new.launched.host)
             return new
         finally:
             self._replacing = False
+
+    @classmethod
+    def _migrate_timeout(cls) -> float:
+        value = os.environ.get(cls.MIGRATE_TIMEOUT_ENV, "")
+        try:
+            return float(value) if value else cls.migrate_timeout
+        except ValueError:
+            log.warning("%s=%r is not a number of seconds: using %g", cls.MIGRATE_TIMEOUT_ENV, value,
+                        cls.migrate_timeout)
+            return cls.migrate_timeout
+
+    async def _catch_up(self, new: ReplicaHandle, catch_up_seq: int, deadline: float, timeout: float) -> None:
+        """Wait until ``new`` has applied every cell committed so far (``catch_up_seq``)."""
+        while True:
+            code = self.launcher.exit_code(new.launched) if new.launched is not None else None
+            if code is not None:
+                raise RuntimeError(f"replica {new.id} exited with {code} before it caught up")
+            try:
+                new.status = await self.request(new, protocol.STATUS_REQUEST, {},
+                                                timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            except TimeoutError:
+                new.status = {}
+            if new.status.get("applied_index", -1) >= catch_up_seq:
+                return
+            if time.monotonic() > deadline:
+                seen = (f"it had applied {new.status['applied_index']} of {catch_up_seq} cells"
+                        if "applied_index" in new.status else "it did not answer")
+                raise TimeoutError(f"replica {new.id} did not catch up within {timeout:g} s ({seen})")
+            await asyncio.sleep(0.1)
+
+    async def _hand_over_leadership(self, old: ReplicaHandle, new: ReplicaHandle, patience: float = 10.0) -> None:
+        """PySyncObj's leader cannot remove itself: if ``old`` leads, leadership moves to the caught-up ``new``."""
+        deadline = time.monotonic() + patience
+        while await self._leads(old):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica {old.id} still leads after {patience:g} s")
+            try:
+                reply = await self.request(old, protocol.MEMBERSHIP_REQUEST,
+                                           {"op": "transfer", "address": new.raft_address}, timeout=5.0)
+            except TimeoutError:
+                reply = {"evalue": "no answer in time"}
+            if reply.get("status") != "ok":
+                log.info("replica %d could not hand Raft leadership to %d yet: %s", old.id, new.id,
+                         reply.get("evalue"))
+            await asyncio.sleep(0.2)
+
+    async def _raft_members(self, ask: list[ReplicaHandle]) -> list[str] | None:
+        """The Raft group's members as the first of ``ask`` that answers sees them; None if none answers."""
+        for handle in ask:
+            with contextlib.suppress(TimeoutError):
+                status = await self.request(handle, protocol.STATUS_REQUEST, {}, timeout=5.0)
+                if status.get("raft_members"):
+                    return list(status["raft_members"])
+        return None
+
+    async def _removed_after_all(self, old: ReplicaHandle, new: ReplicaHandle) -> bool:
+        """A step failed after the old replica's removal was proposed: did Raft commit it anyway? (The commit point
+        has then passed, and the migration completes instead of rolling back.)"""
+        members = await self._raft_members([new, *[h for h in self.live if h is not old]])
+        return members is not None and old.raft_address not in members and new.raft_address in members
+
+    async def _roll_back_migration(self, old: ReplicaHandle, new: ReplicaHandle | None, new_may_lead: bool,
+                                   patience: float = 30.0) -> str:
+        """Undo a migration that did not commit: the group ends as it began. Returns what the user is told."""
+        kept = ", ".join(str(h.id) for h in self.members)
+        if new is None:
+            return f"Nothing was changed: the kernel keeps its replicas {kept}."
+        new.alive = False
+        if new_may_lead and old.alive and await self._leads(new):
+            # It took leadership over already; a leader cannot remove itself, so it hands it back first.
+            try:
+                await self._hand_over_leadership(new, old)
+            except Exception as exc:
+                log.warning("replica %d could not hand Raft leadership back to %d: %s", new.id, old.id, exc)
+        # Out of the group first, then stopped: a group of one old replica and the new one has no quorum without it.
+        removed = await self._remove_from_group(old, new, patience)
+        if new.launched is not None:
+            await self.launcher.kill(new.launched)
+        self.forget(new)
+        if removed:
+            self.departed.append(new)
+            log.info("migration rolled back: replica %d stopped and out of the Raft group", new.id)
+            return f"It was rolled back: replica {new.id} was stopped and the kernel keeps its replicas {kept}."
+        # Still listed as a voter: keep counting it (as dead) in the quorum, and keep trying to remove it.
+        self.replicas[new.id] = new
+        self._background(self._remove_from_group(old, new, self.replace_patience))
+        return (f"Replica {new.id} was stopped, but the Raft group still lists it; the kernel keeps its replicas "
+                f"{kept} and keeps trying to remove it.")
+
+    async def _remove_from_group(self, old: ReplicaHandle, new: ReplicaHandle, patience: float) -> bool:
+        """Take ``new`` out of the Raft group through a live member, retried (an election may come first, when
+        ``new`` led). True once Raft committed it (``new.member`` is then False)."""
+        deadline = time.monotonic() + patience
+        attempt = 0
+        while True:
+            members = await self._raft_members([old, *[h for h in self.live if h is not old]])
+            if members is not None and new.raft_address not in members:
+                new.member = False  # if it is in ``replicas`` (a dead voter), the watcher's next prune drops it
+                return True
+            through = old if old.alive else next(iter(self.live), None)
+            if through is not None:
+                try:
+                    reply = await self.request(through, protocol.MEMBERSHIP_REQUEST,
+                                               {"op": "remove", "address": new.raft_address, "timeout": 10.0},
+                                               timeout=15.0)
+                    if reply.get("status") != "ok":
+                        log.info("removing replica %d from the Raft group: %s", new.id, reply.get("evalue"))
+                except TimeoutError:
+                    log.info("removing replica %d from the Raft group: no answer in time", new.id)
+            if time.monotonic() > deadline:
+                log.error("could not remove replica %d from the Raft group in %g s", new.id, patience)
+                return False
+            await asyncio.sleep(min(5.0, 0.5 * 2 ** attempt))
+            attempt += 1
 
     async def _leads(self, handle: ReplicaHandle) -> bool:
         await self._poll_one(handle)

@@ -198,11 +198,94 @@ def _add_kernelspec(subparsers: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------------------- lab command
 
 
-def lab_command(extra_args: Sequence[str] = ()) -> list[str]:
-    """The JupyterLab command line ``notebookos lab`` runs: the replicated kernel is the default kernel
-    for new notebooks, and ``extra_args`` are passed through to JupyterLab unchanged (after the default
-    kernel flag, so a ``--MultiKernelManager.default_kernel_name=...`` given by the user wins)."""
-    return [sys.executable, "-m", "jupyterlab", DEFAULT_KERNEL_FLAG, *extra_args]
+#: JupyterLab settings ``notebookos lab`` and ``notebookos up`` install (as ``overrides.d/notebookos.json`` in
+#: JupyterLab's application settings directory). File > New > Notebook asks for no kernel name, and JupyterLab 4's
+#: kernel dialog then preselects the first kernelspec by display name ("Python 3 (ipykernel)"): it reads the
+#: server's default kernel only when the notebook tracker's ``autoStartDefaultKernel`` is on, and then starts that
+#: kernel without asking. A user's own ``overrides.json`` or settings win over this file.
+LAB_OVERRIDES = {"@jupyterlab/notebook-extension:tracker": {"autoStartDefaultKernel": True}}
+LAB_OVERRIDES_FILE = "notebookos.json"
+
+
+def _lab_option(args: Sequence[str], *names: str) -> str | None:
+    """The last value given to JupyterLab for any of ``names`` (``--name=value`` or ``--name value``)."""
+    value = None
+    for i, arg in enumerate(args):
+        for name in names:
+            if arg.startswith(name + "="):
+                value = arg[len(name) + 1:]
+            elif arg == name and i + 1 < len(args):
+                value = args[i + 1]
+    return value
+
+
+def lab_settings_dir(extra_args: Sequence[str] = ()) -> Path:
+    """JupyterLab's application settings directory (where it reads ``overrides.d/*.json``) for these arguments."""
+    settings = _lab_option(extra_args, "--LabApp.app_settings_dir")
+    if settings:
+        return Path(settings).expanduser().resolve()
+    app_dir = _lab_option(extra_args, "--app-dir", "--LabApp.app_dir")
+    if not app_dir:
+        from jupyterlab.commands import get_app_dir
+
+        app_dir = get_app_dir()
+    return Path(app_dir).expanduser().resolve() / "settings"
+
+
+def install_lab_overrides(extra_args: Sequence[str] = ()) -> Path:
+    """Write :data:`LAB_OVERRIDES` where the JupyterLab started with ``extra_args`` reads them; OSError if it cannot."""
+    path = lab_settings_dir(extra_args) / "overrides.d" / LAB_OVERRIDES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(LAB_OVERRIDES, indent=1) + "\n")
+    return path
+
+
+def _needs_allow_root(extra_args: Sequence[str]) -> bool:
+    """Running as root, where JupyterLab refuses to start without ``--allow-root``, which the user did not decide."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    return not any(a == "--allow-root" or a.startswith("--ServerApp.allow_root") for a in extra_args)
+
+
+def lab_command(extra_args: Sequence[str] = (), notebook_dir: str | None = None) -> list[str]:
+    """The JupyterLab command line ``notebookos lab`` and ``notebookos up`` run: the replicated kernel is the
+    default kernel for new notebooks, Lab serves ``notebook_dir`` (None: the current directory), ``--allow-root``
+    when running as root (unless the user set it), and ``extra_args`` are passed through to JupyterLab unchanged,
+    last (so a ``--MultiKernelManager.default_kernel_name=...`` given by the user wins)."""
+    cmd = [sys.executable, "-m", "jupyterlab", DEFAULT_KERNEL_FLAG]
+    if notebook_dir is not None:
+        cmd.append(f"--ServerApp.root_dir={os.path.abspath(notebook_dir)}")
+    if _needs_allow_root(extra_args):
+        cmd.append("--allow-root")
+    return [*cmd, *extra_args]
+
+
+def prepare_lab(extra_args: Sequence[str] = (), notebook_dir: str | None = None, who: str = "notebookos") -> list[str]:
+    """Install the JupyterLab settings overrides, say what the Lab about to start does differently, and return its
+    command line (:func:`lab_command`)."""
+    cmd = lab_command(extra_args, notebook_dir)
+    try:
+        path = install_lab_overrides(extra_args)
+        print(f"{who}: new notebooks start '{ks.DISPLAY_NAME}' (JupyterLab settings in {path})", flush=True)
+    except OSError as exc:
+        print(f"{who}: could not write JupyterLab's settings overrides ({exc}); File > New > Notebook will ask "
+              f"for a kernel: choose '{ks.DISPLAY_NAME}'", flush=True)
+    served = notebook_dir or _lab_option(extra_args, "--ServerApp.root_dir", "--notebook-dir",
+                                         "--ServerApp.notebook_dir") or os.getcwd()
+    print(f"{who}: JupyterLab serves {os.path.abspath(os.path.expanduser(served))} (--notebook-dir DIR to choose)",
+          flush=True)
+    if _needs_allow_root(extra_args):
+        print(f"{who}: running as root: starting JupyterLab with --allow-root", flush=True)
+    print("Starting JupyterLab: " + " ".join(cmd[1:]), flush=True)
+    return cmd
+
+
+def lab_directory(value: str) -> str:
+    """argparse type for ``--notebook-dir``: an existing directory, made absolute."""
+    path = os.path.abspath(os.path.expanduser(value))
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"not a directory: {value}")
+    return path
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
@@ -213,8 +296,7 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         replicas = ks.read_replicas(ks.kernelspec_dir(user=user, prefix=prefix))
     path = _install(user, prefix, replicas)
     print(_describe(path, replicas), flush=True)
-    cmd = lab_command(args.extra)
-    print("Starting JupyterLab: " + " ".join(cmd[1:]), flush=True)
+    cmd = prepare_lab(args.extra, args.notebook_dir, "notebookos lab")
     os.execvp(cmd[0], cmd)
     return 0  # pragma: no cover - execvp does not return
 
@@ -233,6 +315,8 @@ def _add_lab(subparsers: argparse._SubParsersAction) -> None:
         allow_abbrev=False,
     )
     _add_replicas_option(p, "; an earlier 'kernelspec install --replicas' setting is kept")
+    p.add_argument("--notebook-dir", type=lab_directory, metavar="DIR",
+                   help="directory JupyterLab serves and new notebooks go to (default: the current directory)")
     p.set_defaults(func=_cmd_lab, passthrough=True, parser=p)
 
 

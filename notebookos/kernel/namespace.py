@@ -32,6 +32,11 @@ What a follower can still miss (each listed in the README, with a test):
 * Unserialisable values (open files, sockets, locks, generators, threads...) are not replicated; the cell's
   output warns about them (:func:`format_unserialisable_warning`) and followers drop their stale value of that
   name. Tensor gradients (``.grad``) are not part of a tensor's record.
+* Widgets (``ipywidgets`` widgets, ``tqdm.notebook`` bars, functions made by ``interact``:
+  ``serialize.is_front_end_state``) are front-end state, tied to a comm of the replica that made them. A name
+  bound to one is not a replicated name (:func:`is_replicated_name`) and an ``Out`` value that is one is not
+  carried: no warning, and on the other replicas the name is unbound (a name rebound to a widget is deleted
+  there). A container holding a widget is unserialisable and warned about as above.
 
 A tracker is not thread-safe; use it from one thread at a time.
 """
@@ -109,10 +114,13 @@ class CellDelta:
 
 
 def is_replicated_name(name: Any, user_ns: Mapping[str, Any] | None = None, hidden: Any = ()) -> bool:
-    """Whether ``name`` is user state to replicate, rather than Python's or IPython's own."""
+    """Whether ``name`` is user state to replicate, rather than Python's or IPython's own, or a widget (front-end
+    state, see the module docstring)."""
     if not isinstance(name, str) or name in IPYTHON_NAMES or _IPYTHON_CACHE_NAME.fullmatch(name):
         return False
     if name.startswith("__") and name.endswith("__"):
+        return False
+    if user_ns is not None and serialize.is_front_end_state(user_ns.get(name)):
         return False
     if isinstance(hidden, Mapping):
         # IPython's rule (as in %who): a hidden name the user rebound is the user's again.
@@ -276,6 +284,8 @@ class NamespaceTracker:
         extra_values: dict[str, _Serialised] = {}
         extra_reasons: dict[str, str] = {}
         for key, obj in (extras or {}).items():
+            if serialize.is_front_end_state(obj):  # a widget as the cell's Out value: not carried, not warned about
+                continue
             try:
                 extra_values[key] = self._serialise_value(obj)
             except Exception as exc:

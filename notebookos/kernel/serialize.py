@@ -18,6 +18,10 @@ directly. On top of cloudpickle:
 * PyTorch tensors travel as their bytes and dtype, and GPU tensors come back in host memory on a follower (which
   holds no GPU) until it leads a cell with a GPU bound (see ``tensors.py``).
 * Open text files are refused (cloudpickle would read the whole file and ship its text as a ``StringIO``).
+* Widgets are refused (:func:`is_front_end_state`): an ``ipywidgets`` widget, a ``tqdm.notebook`` progress bar
+  (which holds widgets) or a function made by ``interact`` (which holds its widget) is front-end state, tied to a
+  comm of the replica that made it. A name bound to one is not replicated at all (``namespace.is_replicated_name``)
+  and not warned about; a container that holds one is refused with a reason that says so.
 * A few history-dependent details are removed from class and code pickles so that a value pickles the same on
   the replica that defined it and on one that loaded it (see :func:`namespace_digests` for what remains).
 """
@@ -225,6 +229,21 @@ def _set_namespace_class_state(cls: type, state: Any) -> type:
     return cls
 
 
+def is_front_end_state(obj: Any) -> bool:
+    """Whether ``obj`` is a widget: an ``ipywidgets.Widget``, a ``tqdm.notebook`` progress bar, or a function
+    ``ipywidgets.interact`` returned (it carries its widget as ``f.widget``). Checked only once those modules are
+    imported; nothing is imported here."""
+    widget = sys.modules.get("ipywidgets.widgets.widget")
+    if widget is not None:
+        t = type(obj)
+        if issubclass(t, widget.Widget):
+            return True
+        if t is types.FunctionType and issubclass(type(obj.__dict__.get("widget")), widget.Widget):
+            return True
+    bars = sys.modules.get("tqdm.notebook")
+    return bars is not None and issubclass(type(obj), bars.tqdm_notebook)
+
+
 class NamespacePickler(cloudpickle.Pickler):
     """cloudpickle's Pickler, aware of the user namespace its values live in."""
 
@@ -240,6 +259,8 @@ class NamespacePickler(cloudpickle.Pickler):
             return _reduce_code(obj)
         if t is io.TextIOWrapper and obj is not sys.stdout and obj is not sys.stderr:
             raise TypeError("cannot pickle '_io.TextIOWrapper' object")
+        if is_front_end_state(obj):
+            raise TypeError(f"holds a widget ({t.__name__}): front-end state, never replicated")
         if "torch" in sys.modules:
             rv = reduce_tensor(obj)
             if rv is not None:

@@ -100,6 +100,8 @@ def hostd_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def up_arguments(p: argparse.ArgumentParser) -> None:
+    from notebookos.cli import lab_directory
+
     from .up import HOST_RESTART_WINDOW_S, HOST_RESTARTS
 
     p.add_argument("--policy", default="notebookos", help="scheduling policy (default notebookos)")
@@ -114,6 +116,8 @@ def up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-dir", help="directory for logs and the cluster info file "
                    "(default: a temporary directory, removed on exit)")
     p.add_argument("--no-lab", action="store_true", help="run only the cluster (scheduler and hosts), no JupyterLab")
+    p.add_argument("--notebook-dir", type=lab_directory, metavar="DIR", help="directory JupyterLab serves and new "
+                   "notebooks go to (default: the current directory)")
     p.add_argument("--no-restart-hosts", dest="restart_hosts", action="store_false",
                    help="leave a host daemon that died down (default: restart it on its old port, at most "
                    f"{HOST_RESTARTS} times in {HOST_RESTART_WINDOW_S:g} s; its kernels' replicas are replaced either "

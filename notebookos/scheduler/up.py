@@ -35,7 +35,6 @@ from typing import Any
 from ..parentdeath import term_with_parent
 from .http import SCHEDULER_TOKEN_ENV, SCHEDULER_URL_ENV, write_private_json
 
-DEFAULT_KERNEL_FLAG = "--MultiKernelManager.default_kernel_name=notebookos"
 #: A host daemon that died is restarted at most this many times within the window, then left down.
 HOST_RESTARTS = 5
 HOST_RESTART_WINDOW_S = 300.0
@@ -269,8 +268,9 @@ def up(args: argparse.Namespace) -> int:
         if not args.no_lab:
             _ensure_kernelspec()
             lab_env = {**os.environ, SCHEDULER_URL_ENV: url, SCHEDULER_TOKEN_ENV: token}
-            cmd = [py, "-m", "jupyterlab", DEFAULT_KERNEL_FLAG, *(args.extra or [])]
-            print("Starting JupyterLab: " + " ".join(cmd[1:]), flush=True)
+            from notebookos.cli import prepare_lab
+
+            cmd = prepare_lab(args.extra or [], getattr(args, "notebook_dir", None), "notebookos up")
             cluster.lab = Child("JupyterLab", cmd, None, lab_env)
 
         while not cluster.stop_requested:

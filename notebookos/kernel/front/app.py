@@ -8,6 +8,7 @@ signal; on the way out it stops every replica it started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -253,6 +254,44 @@ def _start_heartbeat(connection: dict) -> None:
     threading.Thread(target=echo, name="notebookos-heartbeat", daemon=True).start()
 
 
+def front_log_path(connection_file: str | os.PathLike) -> Path:
+    """The front's log file: next to its connection file in Jupyter's runtime directory (``jupyter --runtime-dir``),
+    ``kernel-ID.json`` -> ``kernel-ID-notebookos.log``. It outlives the kernel (the connection file does not)."""
+    path = Path(connection_file)
+    return path.with_name(f"{path.stem}-notebookos.log")
+
+
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("NOTEBOOKOS_LOG_LEVEL", "WARNING"))
-    NotebookOSFront.launch_instance()
+    """Run the front, logging to :func:`front_log_path` at ``$NOTEBOOKOS_LOG_LEVEL`` (default WARNING).
+
+    Not to the stderr the front inherited from the Jupyter client or server: under ``jupyter console`` that is the
+    terminal, and a warning such as "replica 1 exited with -9" would land on the prompt line. stderr keeps only
+    fatal start-up errors (CRITICAL, and uncaught tracebacks), or everything if the log file cannot be opened. A
+    log the kernel left empty is removed when the front exits."""
+    level = logging.getLevelName(os.environ.get("NOTEBOOKOS_LOG_LEVEL", "WARNING").upper())
+    if not isinstance(level, int):
+        level = logging.WARNING
+    app = NotebookOSFront.instance()
+    app.initialize()
+    stderr = logging.StreamHandler()
+    handlers: list[logging.Handler] = [stderr]
+    log_file = front_log_path(app.connection_file) if app.connection_file else None
+    if log_file is not None:
+        try:
+            handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+            stderr.setLevel(logging.CRITICAL)
+        except OSError:
+            log_file = None
+    logging.basicConfig(level=level, handlers=handlers, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)  # Python warnings too, which would otherwise be printed to stderr
+    app.log.handlers.clear()  # traitlets gave the application's own logger a stderr handler of its own
+    app.log.propagate = True
+    app.log.setLevel(level)
+    try:
+        app.start()
+    finally:
+        logging.shutdown()
+        if log_file is not None:
+            with contextlib.suppress(OSError):
+                if log_file.stat().st_size == 0:
+                    log_file.unlink()

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..parentdeath import term_with_parent
-from .http import SCHEDULER_TOKEN_ENV, SCHEDULER_URL_ENV, write_private_json
+from .http import SCHEDULER_TOKEN_ENV, SCHEDULER_TOKEN_FILE_ENV, SCHEDULER_URL_ENV, write_private_json
 
 #: A host daemon that died is restarted at most this many times within the window, then left down.
 HOST_RESTARTS = 5
@@ -45,18 +45,24 @@ class Stop(Exception):
 
 
 class Child:
-    def __init__(self, name: str, cmd: list[str], log_path: Path | None, env: dict[str, str]):
+    def __init__(self, name: str, cmd: list[str], log_path: Path | None, env: dict[str, str],
+                 secret: str | None = None):
         self.name = name
         self.cmd = cmd
         self.env = env
+        self.secret = secret
         out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
         try:
-            self.process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT if out else None, process_group=0,
+            self.process = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE if secret else subprocess.DEVNULL,
+                                            stdout=out, stderr=subprocess.STDOUT if out else None, process_group=0,
                                             preexec_fn=term_with_parent)
         finally:
             if out:
                 out.close()
+        if secret:
+            # Through a pipe: in no environment (kernel code runs as the same user and could read it there).
+            self.process.stdin.write(secret.encode() + b"\n")
+            self.process.stdin.close()
         self.log_path = log_path
 
     @property
@@ -117,7 +123,7 @@ class Cluster:
             cmd += ["--port", port]
         self.restarts[dead.name] = [*recent, now]
         dead.stop(0)  # reap it, and anything of its process group still there (its replicas die with it)
-        new = Child(dead.name, cmd, dead.log_path, dead.env)
+        new = Child(dead.name, cmd, dead.log_path, dead.env, dead.secret)
         self.hosts[self.hosts.index(dead)] = new
         return new
 
@@ -210,8 +216,12 @@ def up(args: argparse.Namespace) -> int:
     own_dir = not args.runtime_dir
     runtime = Path(args.runtime_dir or tempfile.mkdtemp(prefix="notebookos-up-")).resolve()
     runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
-    token = secrets.token_hex(24)
-    env = {**os.environ, SCHEDULER_TOKEN_ENV: token}
+    # Three credentials, each as narrow as its holder: the admin token stays here and in the scheduler (and in
+    # cluster.json, mode 0600, for the admin); host daemons get the hosts' token; JupyterLab a launcher token that
+    # only places kernels, each of which then gets a token for itself alone. Tokens travel through pipes and a
+    # 0600 file, never environments that kernel code inherits or could read in an ancestor's /proc/PID/environ.
+    token, host_token, launcher_token = (secrets.token_hex(24) for _ in range(3))
+    env = {k: v for k, v in os.environ.items() if k not in (SCHEDULER_TOKEN_ENV, SCHEDULER_TOKEN_FILE_ENV)}
     py = sys.executable
     cluster = Cluster()
 
@@ -234,7 +244,9 @@ def up(args: argparse.Namespace) -> int:
         extra, scheduler_extra, hostd_extra = _route_options(args.extra or [])
         args.extra = extra
         cmd += scheduler_extra
-        cluster.scheduler = Child("scheduler", cmd, runtime / "scheduler.log", env)
+        cmd += ["--SchedulerService.tokens_stdin=True"]
+        cluster.scheduler = Child("scheduler", cmd, runtime / "scheduler.log", env, json.dumps(
+            {"token": token, "host_token": host_token, "launcher_token": launcher_token}))
         info = _wait_for(cluster, lambda: info_file.exists() and json.loads(info_file.read_text()), 30.0,
                          "the scheduler to listen")
         url = info["url"]
@@ -242,8 +254,8 @@ def up(args: argparse.Namespace) -> int:
             cluster.hosts.append(Child(f"host daemon host-{i}", [
                 py, "-m", "notebookos.scheduler.hostd", "--scheduler-url", url, "--host-id", f"host-{i}",
                 "--virtual-gpus", str(args.gpus_per_host), "--no-nvml", "--runtime-dir", str(runtime / f"host-{i}"),
-                "--info-file", str(runtime / f"host-{i}.json"), *hostd_extra,
-            ], runtime / f"host-{i}.log", env))
+                "--info-file", str(runtime / f"host-{i}.json"), "--token-stdin", *hostd_extra,
+            ], runtime / f"host-{i}.log", env, host_token))
 
         def registered() -> list[dict] | None:
             try:
@@ -254,12 +266,17 @@ def up(args: argparse.Namespace) -> int:
 
         hosts = _wait_for(cluster, registered, 60.0, f"{args.hosts} host(s) to register")
         host_ids = [h["id"] for h in hosts]
+        # For JupyterLab (below, or one started by hand with $NOTEBOOKOS_SCHEDULER_TOKEN_FILE pointing here).
+        launcher_file = runtime / "launcher.token"
+        fd = os.open(launcher_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(launcher_token)
 
         def write_info() -> None:
             write_private_json(runtime / "cluster.json", {
                 "url": url, "token": token, "runtime_dir": str(runtime), "pid": os.getpid(),
                 "scheduler_pid": cluster.scheduler.pid, "host_pids": [h.pid for h in cluster.hosts],
-                "hosts": host_ids})
+                "hosts": host_ids, "host_token": host_token, "launcher_token_file": str(launcher_file)})
 
         write_info()
         print(f"notebookos cluster ready: scheduler {url} ({args.policy} policy), {len(hosts)} host(s) x "
@@ -267,7 +284,7 @@ def up(args: argparse.Namespace) -> int:
 
         if not args.no_lab:
             _ensure_kernelspec()
-            lab_env = {**os.environ, SCHEDULER_URL_ENV: url, SCHEDULER_TOKEN_ENV: token}
+            lab_env = {**env, SCHEDULER_URL_ENV: url, SCHEDULER_TOKEN_FILE_ENV: str(launcher_file)}
             from notebookos.cli import prepare_lab
 
             cmd = prepare_lab(args.extra or [], getattr(args, "notebook_dir", None), "notebookos up")

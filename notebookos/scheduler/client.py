@@ -145,3 +145,9 @@ class HostClient(_JSONClient):
 
     async def replicas(self) -> list[dict[str, Any]]:
         return (await self.request("GET", "/api/replicas"))["replicas"]
+
+    async def replicas_after(self, version: int, wait: float, boot: str = "") -> dict[str, Any]:
+        """Long poll: ``{"replicas", "version", "boot"}`` once they changed after ``version`` of the daemon's run
+        ``boot``, or after ``wait`` s."""
+        return await self.request("GET", f"/api/replicas?since={int(version)}&wait={wait:g}&boot={_q(boot)}",
+                                  timeout=self.timeout + wait)

@@ -5,18 +5,24 @@ scheduler, and launches and stops the replica processes of kernels on this host,
 does (``python -m notebookos.kernel.replica -f CONNECTION_FILE --config=CONFIG.json``, the group's Raft secret in
 ``$NOTEBOOKOS_RAFT_SECRET``, ``PR_SET_PDEATHSIG`` so no replica outlives the daemon).
 
-REST API (every request needs ``Authorization: token TOKEN``, else 403; errors are ``{"error": ...}``):
+REST API (every request needs ``Authorization: token TOKEN``, else 403; errors are ``{"error": ...}``). The
+daemon's own token (the hosts' token) is good for everything; a kernel token (see ``http.py``) for that kernel's
+replicas, ports and long polls only:
 
 ``GET /api/gpus`` -> ``{"host_id", "gpus": [{"index", "name", "memory_mb", "uuid", "virtual"}]}``
 ``POST /api/replicas`` ``{kernel_id, replica_id, connection, config, raft_secret, hash_seed?, cwd?}`` -> 201
-    ``{"pid", "kernel_id", "replica_id", "log"}``. ``connection`` is a Jupyter connection dict (``ip``,
+    ``{"pid", "kernel_id", "replica_id", "log", "version", "boot"}``. ``connection`` is a Jupyter connection dict (``ip``,
     ``transport``, the five ``*_port``, ``key``, ``signature_scheme``); ``config`` the ``ReplicaKernel`` traits
     (``replica_id`` is filled in from the body; a dict with a ``"ReplicaKernel"`` key is taken as a whole
     traitlets config); ``hash_seed`` sets ``PYTHONHASHSEED`` (give the whole group one seed); ``cwd`` the
     replica's working directory when it exists here. 409 if that replica is already running.
 ``POST /api/ports`` ``{count}`` -> ``{"ip", "ports"}``: free ports on this machine and the address a replica
     launched here listens on (``replica_ip``); the front builds the replica's connection and Raft address from them.
-``GET /api/replicas`` -> ``{"replicas": [{"kernel_id", "replica_id", "pid", "alive", "exit_code", "uptime_s"}]}``
+``GET /api/replicas?since=V&wait=S&boot=B`` -> ``{"replicas": [{"kernel_id", "replica_id", "pid", "alive", "exit_code",
+    "uptime_s"}], "version", "boot", "prewarm"}`` (``boot``: this run of the daemon); with ``since``, held until the replicas changed after version ``V``
+    (started, exited: learnt at once from a pidfd, stopped) or ``S`` seconds passed (at once if ``B`` is not
+    this run's ``boot``): each front long-polls the
+    daemons of its replicas this way instead of asking repeatedly.
 ``DELETE /api/replicas/{kernel_id}/{replica_id}`` -> ``{"kernel_id", "replica_id", "pid", "exit_code"}``:
     SIGTERM, then SIGKILL after ``stop_grace`` seconds.
 
@@ -28,6 +34,7 @@ SIGTERM it deregisters, stops every replica it launched, and exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -168,6 +175,12 @@ class HostDaemon(Application):
         #: The scheduler's key for kernel tokens (from the registration): lets a kernel's front call this daemon
         #: for that kernel's replicas only.
         self.kernel_token_key = ""
+        #: Bumped whenever a replica starts, exits or is stopped; fronts long-poll GET /api/replicas on it.
+        self.replicas_version = 0
+        self._replicas_changed = asyncio.Event()
+        self.replica_polls = 0  # GET /api/replicas answered (to see that fronts do not poll in a loop)
+        #: This run of the daemon: a front that sees another one knows its replicas here died with the last run.
+        self.boot_id = os.urandom(8).hex()
         self.gpus: list[GPUInfo] = []
         self.replicas: dict[tuple[str, int], LaunchedReplica] = {}
         self.url = ""
@@ -360,16 +373,49 @@ class HostDaemon(Application):
         asyncio.run(self.serve())
 
     async def _reap_loop(self) -> None:
-        """Reap exited replicas (no zombies) and log them."""
+        """Reap exited replicas (no zombies) and log them: a backstop for :meth:`_watch_exit`."""
         while True:
             await asyncio.sleep(1.0)
-            for r in self.replicas.values():
-                if r.process.returncode is None and r.process.poll() is not None:
-                    self.log.warning("replica %s/%d (pid %d) exited with %s", r.kernel_id, r.replica_id,
-                                     r.process.pid, r.process.returncode)
+            for r in list(self.replicas.values()):
+                self._reap(r)
             if self.pool is not None:
                 self.pool.reap()
                 self.pool.fill()
+
+    def _reap(self, replica: LaunchedReplica) -> None:
+        if replica.process.returncode is None and replica.process.poll() is not None:
+            self.log.warning("replica %s/%d (pid %d) exited with %s", replica.kernel_id, replica.replica_id,
+                             replica.process.pid, replica.process.returncode)
+            self.replicas_changed()
+
+    def replicas_changed(self) -> None:
+        """A replica started, exited or was stopped: answer the long polls waiting for that."""
+        self.replicas_version += 1
+        self._replicas_changed.set()
+        self._replicas_changed = asyncio.Event()
+
+    async def replicas_after(self, version: int, wait: float) -> None:
+        """Return once :attr:`replicas_version` is past ``version``, or after ``wait`` seconds."""
+        if self.replicas_version > version or wait <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._replicas_changed.wait(), wait)
+
+    def _watch_exit(self, replica: LaunchedReplica) -> None:
+        """Learn of the replica's exit the moment it happens (a pidfd becomes readable), so a front long-polling
+        this daemon hears of it at once; the reap loop covers systems without pidfds."""
+        try:
+            fd = os.pidfd_open(replica.process.pid)
+        except (AttributeError, OSError):
+            return
+        loop = asyncio.get_running_loop()
+
+        def exited() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            self._reap(replica)
+
+        loop.add_reader(fd, exited)
 
     # -- replicas -----------------------------------------------------------------------------------------------
     def launch(self, body: dict[str, Any]) -> LaunchedReplica:
@@ -436,6 +482,8 @@ class HostDaemon(Application):
                                            preexec_fn=kill_with_parent, cwd=workdir)
         replica = LaunchedReplica(kernel_id, replica_id, process, directory, log_path)
         self.replicas[key] = replica
+        self._watch_exit(replica)
+        self.replicas_changed()
         self.log.info("started replica %s/%d (pid %d%s)", kernel_id, replica_id, process.pid,
                       ", prewarmed" if process.args[-1] == "notebookos.kernel.prewarm" else "")
         return replica
@@ -454,6 +502,7 @@ class HostDaemon(Application):
                 process.wait()
         if self.replicas.get((replica.kernel_id, replica.replica_id)) is replica:
             del self.replicas[(replica.kernel_id, replica.replica_id)]
+            self.replicas_changed()
             if self.objects is not None:
                 self.objects.detach(replica.kernel_id, {rid for (kid, rid), r in self.replicas.items()
                                                         if kid == replica.kernel_id and r.process.poll() is None})
@@ -517,11 +566,23 @@ class PortsHandler(_HostHandler):
 class ReplicasHandler(_HostHandler):
     kernel_scoped = True
 
-    def get(self) -> None:
+    async def get(self) -> None:
+        """``?since=V&wait=S``: a long poll, answered once the replicas changed after version ``V`` (or after ``S``
+        seconds, at most 60): how a front learns at once that one of its replicas exited."""
+        try:
+            since = int(self.get_query_argument("since", "-1"))
+            wait = min(float(self.get_query_argument("wait", "0")), 60.0)
+        except ValueError:
+            raise APIError(400, "query arguments 'since' (an integer) and 'wait' (seconds) must be numbers") from None
+        if self.get_query_argument("boot", self.owner.boot_id) != self.owner.boot_id:
+            wait = 0  # the asker's version is from an earlier run of this daemon: what it knew is gone
+        await self.owner.replicas_after(since, wait)
+        self.owner.replica_polls += 1
         pool = self.owner.pool
         rows = [r.view() for r in self.owner.replicas.values()
                 if self.scope == "admin" or ("kernel", r.kernel_id) == self.scope]  # a kernel sees its own only
-        self.send_json({"replicas": rows,
+        self.send_json({"replicas": rows, "version": self.owner.replicas_version, "boot": self.owner.boot_id,
+                        "polls": self.owner.replica_polls,
                         "prewarm": pool.view() if pool is not None else {"size": 0, "waiting": 0, "ready": 0}})
 
     def post(self) -> None:
@@ -529,7 +590,8 @@ class ReplicasHandler(_HostHandler):
         self.own_kernel(str(body.get("kernel_id")))
         replica = self.owner.launch(body)
         self.send_json({"pid": replica.process.pid, "kernel_id": replica.kernel_id,
-                        "replica_id": replica.replica_id, "log": str(replica.log)}, 201)
+                        "replica_id": replica.replica_id, "log": str(replica.log),
+                        "version": self.owner.replicas_version, "boot": self.owner.boot_id}, 201)
 
 
 class ReplicaHandler(_HostHandler):

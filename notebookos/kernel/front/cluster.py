@@ -26,13 +26,26 @@ log = logging.getLogger(__name__)
 
 
 class HostdLauncher(ReplicaLauncher):
-    """Replicas as processes of host daemons, one per host the scheduler placed them on."""
+    """Replicas as processes of host daemons, one per host the scheduler placed them on.
+
+    Liveness: one long poll per host (``GET /api/replicas?since=V&wait=S``), answered by the daemon the moment one
+    of its replicas exits; a daemon that cannot be reached (after one retry) takes this kernel's replicas there
+    with it. :meth:`refresh`, which the supervisor calls often, only makes sure the watchers run.
+    """
+
+    #: seconds each long poll may be held by the daemon
+    long_poll = 30.0
+    #: seconds before asking an unreachable daemon once more, before its replicas count as lost
+    retry_after = 0.5
 
     def __init__(self, kernel_id: str, token: str, host_urls: dict[str, str]):
         self.kernel_id = kernel_id
         self.token = token
         self.host_urls = dict(host_urls)
         self._exit: dict[tuple[str, int], int | None] = {}
+        #: (the daemon's run, its replicas version) when each replica started
+        self._launched_at: dict[tuple[str, int], tuple[str, int]] = {}
+        self._watchers: dict[str, asyncio.Task] = {}
 
     def _client(self, host_id: str) -> HostClient:
         try:
@@ -56,31 +69,61 @@ class HostdLauncher(ReplicaLauncher):
             # The notebook's directory (Jupyter starts the kernel there): the daemon runs the replica there when the
             # path exists on its machine, which a multi-host deployment gets from a filesystem shared at one path.
             cwd=os.getcwd())
-        self._exit[(spec.host_id, spec.replica_id)] = None
+        key = (spec.host_id, spec.replica_id)
+        self._exit[key] = None
+        self._launched_at[key] = (str(reply.get("boot", "")), int(reply.get("version", 0)))
+        self._watch(spec.host_id)
         return Launched(reply.get("pid"), spec.host_id, {"host_id": spec.host_id, "replica_id": spec.replica_id})
 
     def exit_code(self, launched: Launched) -> int | None:
         return self._exit.get((launched.state["host_id"], launched.state["replica_id"]))
 
+    def _live_on(self, host_id: str) -> bool:
+        return any(h == host_id and code is None for (h, _), code in self._exit.items())
+
+    def _watch(self, host_id: str) -> None:
+        task = self._watchers.get(host_id)
+        if task is None or task.done():
+            self._watchers[host_id] = asyncio.ensure_future(self._watch_host(host_id))
+
     async def refresh(self) -> None:
-        # Only hosts that still run a replica of this kernel: a dead host is asked once, not forever.
         for host_id in {h for (h, _), code in self._exit.items() if code is None}:
+            self._watch(host_id)
+
+    async def _watch_host(self, host_id: str) -> None:
+        """Follow one daemon's replicas of this kernel while any of them lives."""
+        version, boot, failures = -1, "", 0
+        while self._live_on(host_id):
             try:
-                rows = await self._client(host_id).replicas()
-            except (SchedulerError, OSError) as exc:
-                # A host daemon that cannot be reached takes its replicas with it.
+                answer = await self._client(host_id).replicas_after(version, self.long_poll, boot)
+            except (SchedulerError, OSError, LookupError) as exc:
+                failures += 1
+                if failures < 2:
+                    await asyncio.sleep(self.retry_after)
+                    continue
+                # A host daemon that cannot be reached takes its replicas with it (they die with it).
                 log.warning("host %s unreachable (%s): its replicas of this kernel count as lost", host_id, exc)
                 for key in self._exit:
                     if key[0] == host_id and self._exit[key] is None:
                         self._exit[key] = -1
-                continue
-            seen = {(host_id, r["replica_id"]): r for r in rows if r.get("kernel_id") == self.kernel_id}
-            for key in [k for k in self._exit if k[0] == host_id]:
+                return
+            failures = 0
+            version, boot = int(answer.get("version", version + 1)), str(answer.get("boot", ""))
+            seen = {(host_id, r["replica_id"]): r for r in answer.get("replicas", [])
+                    if r.get("kernel_id") == self.kernel_id}
+            for key in [k for k in self._exit if k[0] == host_id and self._exit[k] is None]:
                 row = seen.get(key)
+                boot, launched = self._launched_at.get(key, ("", 0))
                 if row is None:
-                    self._exit[key] = -1 if self._exit[key] is None else self._exit[key]
+                    # Gone, unless this answer predates its start; a restarted daemon never knew it.
+                    if answer.get("boot", boot) != boot or version >= launched:
+                        self._exit[key] = -1
                 elif not row.get("alive", True):
                     self._exit[key] = row.get("exit_code", -1)
+
+    def close(self) -> None:
+        for task in self._watchers.values():
+            task.cancel()
 
     async def _stop(self, launched: Launched) -> None:
         try:

@@ -102,11 +102,6 @@ def _cells_on_alternating_hosts(k: Kernel, other: Kernel, url: str, token: str) 
     return hosts, states, root.strip()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "hostobjects.HostObjects.detach removes a kernel's store directory with its last replica on a host, and a host "
-    "without a replica of the kernel serves none of its blobs: under batch every cell's replica is the last one, so "
-    "the state (and any large value) is gone before the next cell, which then fails with StateMissing. Needs host "
-    "daemons to keep a batch kernel's directory until the kernel ends (hostobjects.py, hostd.py)."))
 def test_batch_policy_on_two_hosts_with_separate_directories_keeps_state_across_cells(separate_hosts):
     k, other = Kernel(), Kernel()
     try:
@@ -114,9 +109,16 @@ def test_batch_policy_on_two_hosts_with_separate_directories_keeps_state_across_
         # Each cell's replica deleted the state it started from: no store keeps a superseded one.
         blobs = {p.name for d in separate_hosts["dirs"].values() for p in d["store"].glob("kernel-*/??/*")}
         assert not blobs & set(states[:-1]), blobs
-    finally:
+        # Each host kept the kernels' directories past their replicas there; they go when the kernels end.
+        assert any(any(d["store"].glob("kernel-*")) for d in separate_hosts["dirs"].values())
         k.shutdown()
         other.shutdown()
+        k.wait_for(lambda: not any(any(d["store"].glob("kernel-*")) for d in separate_hosts["dirs"].values()),
+                   timeout=30, what="the ended kernels' store directories to be removed on every host")
+    finally:
+        for kernel in (k, other):
+            if kernel.km.has_kernel:
+                kernel.shutdown()
 
 
 @pytest.fixture

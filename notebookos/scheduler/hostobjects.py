@@ -6,6 +6,11 @@ another host's replica wrote:
 
 ``GET /api/objects/{kernel_id}/{digest}`` -> the blob file (cluster token, for other host daemons; or the kernel's
     Raft secret). 404 when this host does not have it.
+``DELETE /api/objects/{kernel_id}`` -> ``{"kernel_id", "removed"}``: the kernel ended (the scheduler tells every
+    host, with the kernel's token); its directory goes unless a replica of it still runs here. Until then the
+    directory outlives the kernel's replicas here: its blobs may be the only copies.
+``POST /api/objects/{kernel_id}/delete`` ``{digests, spread?}`` -> ``{"kernel_id", "deleted"}``: delete blobs here
+    and (``spread``, the default; the kernel's Raft secret: a replica collecting garbage) on every other host.
 ``POST /api/objects/{kernel_id}/{digest}/fetch`` -> ``{"digest", "from"}`` once the blob is in this host's directory
     (the kernel's Raft secret: the replica asks). The daemon tries every other host the scheduler knows, copies the
     first answer to a temporary file, and publishes it only after its content digest checks out. 404 when no host
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -30,7 +36,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from ..objectstore.base import CorruptObject, ObjectNotFound, check_digest
 from ..objectstore.local import LocalDirectoryStore
-from .http import APIError, JSONHandler, check_token
+from .http import APIError, JSONHandler, bearer, check_token
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +72,21 @@ class HostObjects:
 
     def detach(self, kernel_id: str, running: set[int]) -> None:
         """A replica stopped; ``running`` are the kernel's replicas still running here (one that died without
-        being stopped counts as gone). The kernel's directory goes with the last of them."""
+        being stopped counts as gone). The kernel's directory stays, served to other hosts, until the kernel ends
+        (:meth:`forget`): its blobs may be the only copies (a replica that migrated away; under batch, every cell's
+        replica is its last one here and leaves the state for the next cell's)."""
         store = self.kernels.get(kernel_id)
-        if store is None:
-            return
-        store.replicas &= running
-        if not store.replicas:
-            del self.kernels[kernel_id]
-            shutil.rmtree(store.root, ignore_errors=True)
+        if store is not None:
+            store.replicas &= running
+
+    def forget(self, kernel_id: str) -> bool:
+        """The kernel ended: remove its directory here, unless one of its replicas still runs. True if removed."""
+        store = self.kernels.get(kernel_id)
+        if store is None or store.replicas:
+            return False
+        del self.kernels[kernel_id]
+        shutil.rmtree(store.root, ignore_errors=True)
+        return True
 
     def path(self, kernel_id: str, digest: str) -> Path:
         store = self.kernels.get(kernel_id)
@@ -88,6 +101,32 @@ class HostObjects:
         if store is not None and check_token(header, store.secret):
             return
         raise APIError(403, "missing or wrong token for this kernel's objects")
+
+    async def delete(self, kernel_id: str, digests: list[str], spread: bool) -> list[str]:
+        """Delete blobs of the kernel here and, with ``spread``, on every other host: a kernel's garbage (and a
+        superseded batch state) is garbage everywhere, as it is in the one store of a single machine."""
+        store = self.kernels.get(kernel_id)
+        gone = []
+        if store is not None:
+            gone = await LocalDirectoryStore(store.root).delete_many([check_digest(d) for d in digests])
+        if not spread:
+            return gone
+        from .client import SchedulerClient
+
+        hosts = await SchedulerClient(self.daemon.scheduler_url, self.daemon.token).hosts()
+        client = AsyncHTTPClient()
+        body = json.dumps({"digests": digests, "spread": False})
+        for host in hosts:
+            if host.get("id") == self.daemon.host_id or not host.get("url"):
+                continue
+            url = f"{host['url'].rstrip('/')}/api/objects/{quote(kernel_id, safe='')}/delete"
+            try:
+                await client.fetch(HTTPRequest(url, method="POST", body=body, request_timeout=30.0, headers={
+                    "Authorization": f"token {self.daemon.token}", "Content-Type": "application/json"}))
+            except (HTTPClientError, OSError) as exc:
+                log.warning("could not delete %d object(s) of kernel %s on host %s: %s", len(digests), kernel_id,
+                            host.get("id"), exc)
+        return gone
 
     async def fetch(self, kernel_id: str, digest: str) -> str:
         """Make sure the blob is here; return the host it came from ('' when it was here already)."""
@@ -182,7 +221,36 @@ class ObjectFetchHandler(_ObjectsHandler):
         self.send_json({"digest": digest, "from": source})
 
 
+class ObjectDeleteHandler(_ObjectsHandler):
+    async def post(self, kernel_id: str) -> None:
+        body = self.json_body()
+        digests = body.get("digests")
+        if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+            raise APIError(400, "field 'digests' must be a list of object digests")
+        spread = bool(body.get("spread", True))
+        # The replica (its Raft secret) asks for its kernel everywhere; another host daemon only here.
+        self.objects.authorize(kernel_id, self.request.headers.get("Authorization", ""), cluster_ok=not spread)
+        try:
+            gone = await self.objects.delete(kernel_id, digests, spread)
+        except ValueError as exc:
+            raise APIError(400, str(exc)) from None
+        self.send_json({"kernel_id": kernel_id, "deleted": gone})
+
+
+class KernelObjectsHandler(_ObjectsHandler):
+    kernel_scoped = True
+
+    def delete(self, kernel_id: str) -> None:
+        """The kernel ended (the scheduler says so, with the kernel's token): drop its directory here."""
+        token = bearer(self.request.headers.get("Authorization", ""))
+        if self.owner.authorize(self, token or "") not in ("admin", ("kernel", kernel_id)):
+            raise APIError(403, f"missing or wrong token for kernel {kernel_id!r}")
+        self.send_json({"kernel_id": kernel_id, "removed": self.objects.forget(kernel_id)})
+
+
 def routes(owner: Any) -> list[tuple[str, type[web.RequestHandler], dict[str, Any]]]:
     a = {"owner": owner}
-    return [(r"/api/objects/([^/]+)/([0-9a-f]{64})", ObjectHandler, a),
+    return [(r"/api/objects/([^/]+)", KernelObjectsHandler, a),
+            (r"/api/objects/([^/]+)/delete", ObjectDeleteHandler, a),
+            (r"/api/objects/([^/]+)/([0-9a-f]{64})", ObjectHandler, a),
             (r"/api/objects/([^/]+)/([0-9a-f]{64})/fetch", ObjectFetchHandler, a)]

@@ -63,6 +63,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from tornado import web
 from tornado.httpserver import HTTPServer
@@ -609,6 +610,7 @@ class SchedulerService(Application):
 
     def remove_kernel(self, kernel_id: str) -> dict[str, Any]:
         touched = [r.host_id for r in self.kernel(kernel_id).replicas.values()]
+        self.spawn(self._forget_objects(kernel_id))
         self.cluster.remove_kernel(kernel_id, self.now())
         self.withdraw(kernel_id)
         self.refresh_policy(touched)
@@ -835,7 +837,23 @@ class SchedulerService(Application):
         self.log.warning("kernel %s reclaimed: %s", record.id, why)
         if stop:
             self.spawn(self._stop_replicas(record.id, targets))
+        self.spawn(self._forget_objects(record.id))
         self.notify()
+
+    async def _forget_objects(self, kernel_id: str) -> None:
+        """Tell every host the kernel ended, so each drops its copy of the kernel's object store (hostobjects.py:
+        a host keeps it past the kernel's last replica there). Hosts without per-host stores answer 404."""
+        from .client import HostClient, SchedulerError
+
+        token = kernel_token(self.kernel_token_key, kernel_id)
+        for url in list(self.host_urls.values()):
+            try:
+                await HostClient(url, token).request("DELETE", f"/api/objects/{quote(kernel_id, safe='')}")
+            except SchedulerError as exc:
+                if exc.status != 404:
+                    self.log.warning("kernel %s ended: host %s could not drop its objects: %s", kernel_id, url, exc)
+            except Exception as exc:
+                self.log.warning("kernel %s ended: host %s could not drop its objects: %s", kernel_id, url, exc)
 
     async def _stop_replicas(self, kernel_id: str, targets: list[tuple[str | None, int]]) -> None:
         from .client import HostClient, SchedulerError

@@ -14,9 +14,9 @@ on the front's machine, which other hosts do not have:
 2. Before retiring it (or before starting the next cell's replica, whichever comes first) the front asks it for its
    status and keeps that digest: :attr:`PerCellReplicas.state_digest`.
 3. The next cell's replica gets the digest (``ReplicaKernel.restore_digest``) and loads the state from its store
-   before Raft starts. With per-host stores (``HostDaemon.store_root``) the ``hostfetch`` store would copy it from
-   the host that wrote it, but today a host daemon removes a kernel's directory with its last replica there (under
-   batch, every cell's), so there the state is gone and the next cell fails with ``StateMissing``.
+   before Raft starts. With per-host stores (``HostDaemon.store_root``) the ``hostfetch`` store copies it from the
+   host that wrote it: a host daemon keeps a kernel's directory past its last replica there (under batch, every
+   cell's) until the kernel ends (hostobjects.py).
 
 A state that cannot be loaded (deleted, on no host, corrupt) or stored is an error, never an empty namespace: the
 replica refuses the cell with ``StateMissing`` (the front with a DispatchError when the last state was never

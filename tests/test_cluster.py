@@ -67,7 +67,8 @@ def cluster3(tmp_path_factory):
     yield from _up(tmp_path_factory, 3, 3, "--prewarm", "1")
 
 
-def _collect(kernel: Kernel, msg_id: str, timeout: float = 90) -> list[dict]:
+def _collect(kernel: Kernel, msg_id: str, timeout: float = 90, until_output: bool = False) -> list[dict]:
+    """The iopub messages of cell ``msg_id`` until it is idle (or, ``until_output``, until its first stream)."""
     outputs = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -81,6 +82,8 @@ def _collect(kernel: Kernel, msg_id: str, timeout: float = 90) -> list[dict]:
             return outputs
         if msg["msg_type"] != "status":
             outputs.append(msg)
+            if until_output and msg["msg_type"] == "stream":
+                return outputs
     raise TimeoutError(f"cell {msg_id} did not finish")
 
 
@@ -137,8 +140,32 @@ def test_a_killed_replica_is_replaced_through_its_host_daemon(cluster3):
         reply, outputs = k.execute("import os\nprint(bool(os.environ.get('NOTEBOOKOS_RAFT_SECRET')))")
         assert stream_text(outputs) == "True\n", outputs
         hosts = api("GET", f"{cluster3['url']}/api/hosts", token=cluster3["token"])[1]["hosts"]
-        pools = [api("GET", f"{h['url']}/api/replicas", token=cluster3["token"])[1]["prewarm"] for h in hosts]
+        pools = [api("GET", f"{h['url']}/api/replicas", token=cluster3["host_token"])[1]["prewarm"] for h in hosts]
         assert sum(p["handed_out"] for p in pools) >= 3, pools
+    finally:
+        k.shutdown()
+
+
+def test_fronts_long_poll_their_host_daemons(cluster3):
+    """A front learns of its replicas' exits from one long poll per host daemon, not by asking in a loop."""
+    k = Kernel()
+    try:
+        k.execute("x = 1")
+        hosts = api("GET", f"{cluster3['url']}/api/hosts", token=cluster3["token"])[1]["hosts"]
+
+        def polls() -> int:
+            return sum(api("GET", f"{h['url']}/api/replicas", token=cluster3["host_token"])[1]["polls"]
+                       for h in hosts)
+
+        before = polls()
+        time.sleep(3)
+        # Our own 3 reads, and at most a few of the front's (a long poll is answered when a replica changes or
+        # after 30 s); asking 10 times a second, as the front used to, is 90 in 3 s.
+        assert polls() - before <= 3 + 6, polls() - before
+        victim = executor_of(k)
+        kill_replica(k, victim)
+        reply, _ = k.execute("print(x)")
+        assert reply["status"] == "ok", reply
     finally:
         k.shutdown()
 
@@ -198,14 +225,17 @@ def test_a_killed_front_loses_its_lease_and_its_kernel_is_ended(leased_cluster):
         doomed.execute("x = 1")
         alive.execute("y = 2")
         pids = [r["pid"] for r in doomed.info()["replicas"]]
-        doomed.client.execute("import time\ntime.sleep(120)")
-        doomed.wait_for(lambda: api("GET", f"{url}/api/status", token=token)[1]["gpus"]["committed"] == 1,
-                        what="the cell to hold a GPU")
+        running = doomed.client.execute("print('running', flush=True)\nimport time\ntime.sleep(120)")
+        assert "running" in stream_text(_collect(doomed, running, until_output=True))
+        assert api("GET", f"{url}/api/status", token=token)[1]["gpus"]["committed"] == 1  # held by the cell
         os.kill(doomed.km.provisioner.process.pid, signal.SIGKILL)
-        doomed.wait_for(lambda: api("GET", f"{url}/api/status", token=token)[1]["gpus"]["committed"] == 0,
-                        timeout=30, what="the dead front's GPU to be released")
-        status = api("GET", f"{url}/api/status", token=token)[1]
-        assert any("did not renew its lease" in r["why"] for r in status["reclaimed"]), status
+
+        def reclaimed():
+            status = api("GET", f"{url}/api/status", token=token)[1]
+            return any("did not renew its lease" in r["why"] for r in status["reclaimed"]) and status
+
+        status = doomed.wait_for(reclaimed, timeout=30, what="the dead front's kernel to be reclaimed")
+        assert status["gpus"]["committed"] == 0, status
         doomed.wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), timeout=30,
                         what="the dead front's replicas to be stopped")
         # The live front renews its lease: its kernel goes on well past the lease time.
@@ -285,7 +315,7 @@ def test_full_hosts_make_the_scheduler_scale_out_and_migrate_a_replica(growing_c
     """The notebookos policy end to end: the kernel's hosts have no free GPU, so the scheduler adds a host and
     moves a replica there (a new process joins the Raft group, catches up, the old one leaves); the cell then
     runs there with every variable."""
-    url, token = growing_cluster["url"], growing_cluster["token"]
+    url, token, host_token = growing_cluster["url"], growing_cluster["token"], growing_cluster["host_token"]
 
     def scheduler(method, path, body=None):
         code, answer = api(method, f"{url}{path}", body, token=token)
@@ -312,9 +342,9 @@ def test_full_hosts_make_the_scheduler_scale_out_and_migrate_a_replica(growing_c
         assert new_host.startswith("local-")  # added by the scale-out
         [moved] = set(before) - set(after)
         hosts = {h["id"]: h for h in scheduler("GET", "/api/hosts")["hosts"]}
-        on_new = api("GET", f"{hosts[new_host]['url']}/api/replicas", token=token)[1]["replicas"]
+        on_new = api("GET", f"{hosts[new_host]['url']}/api/replicas", token=host_token)[1]["replicas"]
         assert [(r["kernel_id"], r["alive"]) for r in on_new] == [(kernel_id, True)]
-        k.wait_for(lambda: not [r for r in api("GET", f"{hosts[moved]['url']}/api/replicas", token=token)[1]["replicas"]
+        k.wait_for(lambda: not [r for r in api("GET", f"{hosts[moved]['url']}/api/replicas", token=host_token)[1]["replicas"]
                                 if r["kernel_id"] == kernel_id and r["alive"]], timeout=15,
                    what="the moved replica's old process to stop")
         for fake in ("f1", "f2"):

@@ -10,12 +10,12 @@ import pickle
 import numpy as np
 import pytest
 
+from notebookos import plugins
 from notebookos.objectstore import (
     CorruptObject,
     LocalDirectoryStore,
     ObjectNotFound,
     ObjectStore,
-    base,
     content_digest,
     load_store,
 )
@@ -165,10 +165,15 @@ def test_load_store_by_name_with_and_without_entry_points(tmp_path, monkeypatch)
     store = load_store("local", root=tmp_path / "a")
     assert isinstance(store, LocalDirectoryStore) and isinstance(store, ObjectStore)
     # A source checkout that was never pip-installed has no entry points: the built-in still loads.
-    monkeypatch.setattr(base, "entry_points", lambda group: [])
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [])
     assert isinstance(load_store("local", root=tmp_path / "b"), LocalDirectoryStore)
     with pytest.raises(ValueError, match=r"'nope'.*available: hostfetch, local"):
         load_store("nope")
+    # module:Class works too, and a class of the wrong kind is refused by name.
+    assert isinstance(load_store("notebookos.objectstore.local:LocalDirectoryStore", root=tmp_path / "c"),
+                      LocalDirectoryStore)
+    with pytest.raises(ValueError, match=r"not a ObjectStore subclass"):
+        load_store("pathlib:Path")
 
 
 def test_default_root(monkeypatch, tmp_path):

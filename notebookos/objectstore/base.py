@@ -20,11 +20,12 @@ import struct
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib.metadata import entry_points
 from pickle import PickleBuffer
 from typing import Any
 
 from blake3 import blake3
+
+from .. import plugins
 
 ENTRY_POINT_GROUP = "notebookos.object_stores"
 log = logging.getLogger(__name__)
@@ -165,32 +166,17 @@ class ObjectStore(abc.ABC):
         return gone
 
 
-def _builtin_stores() -> dict[str, type[ObjectStore]]:
-    # Imported here: implementations import this module.
-    from .hostfetch import HostFetchStore
-    from .local import LocalDirectoryStore
-
-    return {"local": LocalDirectoryStore, "hostfetch": HostFetchStore}
+#: Built in, also for a source checkout that was never pip-installed (no entry points yet).
+_BUILTIN_STORES = {"local": "notebookos.objectstore.local:LocalDirectoryStore",
+                   "hostfetch": "notebookos.objectstore.hostfetch:HostFetchStore"}
 
 
 def available_stores() -> list[str]:
     """Names :func:`load_store` accepts: registered entry points and the built-in stores."""
-    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)} | set(_builtin_stores()))
+    return plugins.available(ENTRY_POINT_GROUP, _BUILTIN_STORES)
 
 
 def load_store(name: str, **kwargs: Any) -> ObjectStore:
-    """The object store registered as ``name``, made with ``kwargs``: ``load_store("local", root=...)``."""
-    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
-    if matches:
-        cls = matches[0].load()
-    else:
-        # The built-ins also work from a source checkout that was never pip-installed (no entry points yet).
-        cls = _builtin_stores().get(name)
-        if cls is None:
-            raise ValueError(
-                f"unknown object store {name!r}; available: {', '.join(available_stores())} "
-                f"(register more under the {ENTRY_POINT_GROUP!r} entry point group)"
-            )
-    if not (isinstance(cls, type) and issubclass(cls, ObjectStore)):
-        raise TypeError(f"object store {name!r} resolves to {cls!r}, which is not an ObjectStore subclass")
-    return cls(**kwargs)
+    """The object store registered as ``name`` (or ``module:Class``), made with ``kwargs``:
+    ``load_store("local", root=...)``."""
+    return plugins.load_class(ENTRY_POINT_GROUP, name, ObjectStore, "object store", _BUILTIN_STORES)(**kwargs)

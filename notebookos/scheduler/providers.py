@@ -25,13 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from traitlets import Float, List, Unicode
 from traitlets.config import LoggingConfigurable
 
+from .. import plugins
 from ..parentdeath import term_with_parent
 
 ENTRY_POINT_GROUP = "notebookos.host_providers"
@@ -192,30 +192,8 @@ class LocalHostProvider(HostProvider):
         return list(self.processes)
 
 
-def available_host_providers() -> dict[str, Any]:
-    found: dict[str, Any] = {"local": LocalHostProvider}  # built in, also when the package metadata is stale
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep
-    return found
-
-
 def load_host_provider(name: str, **config: Any) -> HostProvider:
-    """The host provider ``name`` (an entry point name, or ``module:Class``), constructed with ``config``."""
-    if ":" in name:
-        import importlib
-
-        module_name, _, attr = name.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot import host provider {name!r}: {exc}") from exc
-    else:
-        providers = available_host_providers()
-        if name not in providers:
-            raise ValueError(f"unknown host provider {name!r}; available: {', '.join(sorted(providers))} "
-                             f"(entry point group {ENTRY_POINT_GROUP!r})")
-        cls = providers[name]
-        cls = cls.load() if hasattr(cls, "load") else cls
-    if not (isinstance(cls, type) and issubclass(cls, HostProvider)):
-        raise ValueError(f"host provider {name!r} is not a HostProvider subclass")
-    return cls(**config)
+    """The host provider ``name`` (an entry point name, ``local``, or ``module:Class``), constructed with
+    ``config``."""
+    return plugins.load_class(ENTRY_POINT_GROUP, name, HostProvider, "host provider",
+                              {"local": LocalHostProvider})(**config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from jupyter_client.manager import KernelManager
@@ -50,14 +51,44 @@ def test_a_kernel_started_for_a_notebook_takes_its_request(tmp_path):
     good = write_notebook(tmp_path / "nb.ipynb", {"notebookos": {"gpus": 3}})
     km = KernelManager(kernel_name="notebookos")
     km.start_kernel(env={**os.environ, "JPY_SESSION_NAME": str(good)}, cwd=str(tmp_path))
+    config = Path(km.connection_file).with_suffix(".notebookos-config.json")
     try:
-        assert km.provisioner.gpu_request == 3
-        assert "--NotebookOSFront.gpu_request=3" in km.provisioner.front_arguments()
+        assert km.provisioner.option("gpu_request") == 3
+        # The front gets it in its config file (private), next to the connection file.
+        assert json.loads(config.read_text())["NotebookOSFront"]["gpu_request"] == 3
+        assert config.stat().st_mode & 0o777 == 0o600
     finally:
         km.shutdown_kernel(now=True)
+    assert not config.exists()  # removed with the kernel
     # Bad metadata stops the start with the reason (Lab shows it in its kernel error dialog).
     bad = write_notebook(tmp_path / "bad.ipynb", {"notebookos": {"gpus": "all"}})
     km = KernelManager(kernel_name="notebookos")
     with pytest.raises(UnknownKernelOption, match="'gpus' in the notebook metadata"):
         km.start_kernel(env={**os.environ, "JPY_SESSION_NAME": str(bad)})
     assert not km.has_kernel
+
+
+def test_jupyter_config_sets_front_options_by_their_one_name():
+    """``c.NotebookOSFront.<option>`` in Jupyter's config reaches every kernel's front; a kernelspec value wins."""
+    from traitlets.config import Config
+
+    from .conftest import Kernel
+
+    config = Config()
+    config.NotebookOSFront.replicas = 1
+    config.NotebookOSFront.commit_timeout = 12.5
+    km = KernelManager(kernel_name="notebookos", config=config)
+    km.kernel_spec.metadata["kernel_provisioner"]["config"]["commit_timeout"] = 20.0
+    kernel = Kernel.__new__(Kernel)
+    kernel.km = km
+    km.start_kernel()
+    kernel.client = km.client()
+    kernel.client.start_channels()
+    try:
+        kernel.client.wait_for_ready(timeout=90)
+        assert km.provisioner.option("replicas") == 1 and km.provisioner.option("commit_timeout") == 20.0
+        assert len(kernel.info()["replicas"]) == 1
+        reply, _ = kernel.execute("x = 1")
+        assert reply["status"] == "ok", reply
+    finally:
+        kernel.shutdown()

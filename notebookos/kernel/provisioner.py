@@ -4,7 +4,7 @@ Jupyter Server, nbclient, papermill and jupyter console start the ``notebookos``
 need nothing else. In standalone mode it launches the kernel's front as the kernel process; the front starts and
 supervises the replicas, so liveness, SIGKILL and restart of the kernel are those of the front, and the replicas
 die with it. Options come from the kernelspec (``metadata.kernel_provisioner.config``) or from Jupyter config
-(``c.NotebookOSProvisioner.replicas = 3``); an unknown option, or a value that cannot work (``front/options.py``:
+(``c.NotebookOSFront.replicas = 3``: the options are the front's own traits); an unknown option, or a value that cannot work (``front/options.py``:
 a ``commit_timeout`` <= 0, an unwritable ``store_dir``, a ``raft_host`` that is not an address of this machine, bad
 ``gpus``, an ``executor_policy_class`` that does not import, an absurd ``replicas`` count), is an error that names
 it, raised when Jupyter creates the provisioner: before any process or directory exists.
@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Bool, Float, Int, TraitError, Unicode, default
+from traitlets import TraitError
 
+from ..scheduler.http import write_private_json
 from .front.options import check_options
 from .scratch import default_store_dir
 
@@ -38,100 +39,99 @@ _WHERE = ("the kernelspec's metadata.kernel_provisioner.config (`notebookos kern
           "c.NotebookOSProvisioner in your Jupyter config")
 
 
+#: The front's traits a kernelspec, Jupyter config or notebook may set (the rest are the provisioner's to set).
+FRONT_OPTIONS = ("replicas", "commit_timeout", "store_dir", "collect_garbage", "raft_host", "replace_lost_replicas",
+                 "send_yield", "gpus", "executor_policy_class", "scheduler_url", "gpu_request", "cpu_request",
+                 "memory_request_mb")
+
+
 class NotebookOSProvisioner(LocalProvisioner):
-    """Launches a replicated kernel: a front process that owns the replicas."""
+    """Launches a replicated kernel: a front process that owns the replicas.
 
-    replicas = Int(3, help="Replicas per kernel (Raft tolerates the loss of a minority).").tag(config=True)
-    commit_timeout = Float(10.0, help="Seconds a cell's commit may wait for a Raft quorum.").tag(config=True)
-    store_dir = Unicode("", help="Object store directory for values over 1 MiB (default: per kernel, "
-                        "removed at shutdown).").tag(config=True)
-    collect_garbage = Bool(None, allow_none=True, help="Delete stored values nothing refers to any more (default: "
-                           "only for the per-kernel store, not a store_dir you configure).").tag(config=True)
-    raft_host = Unicode("127.0.0.1", help="Address the replicas' Raft ports bind to.").tag(config=True)
-    replace_lost_replicas = Bool(True, help="Start a replacement when a replica dies.").tag(config=True)
-    gpus = Unicode("", help="Standalone: comma-separated GPU device ids a cell gets while it runs.").tag(config=True)
-    executor_policy_class = Unicode("", help="Import path of the front's ExecutorPolicy (default: the "
-                                    "standalone last-executor policy).").tag(config=True)
-    scheduler_url = Unicode(help="Cluster mode: the scheduler's URL (default $NOTEBOOKOS_SCHEDULER_URL, which "
-                            "`notebookos up` sets); the token comes from $NOTEBOOKOS_SCHEDULER_TOKEN.").tag(config=True)
-    gpu_request = Int(1, help="Cluster mode: GPUs a cell of this kernel needs (a notebook's metadata "
-                      "`notebookos.gpus` overrides it).").tag(config=True)
-    cpu_request = Float(1.0, help="Cluster mode: CPUs each replica holds (notebook metadata `notebookos.cpus`).").tag(
-        config=True)
-    memory_request_mb = Int(2048, help="Cluster mode: memory each replica holds, MB (notebook metadata "
-                            "`notebookos.memory_mb`).").tag(config=True)
-    send_yield = Bool(True, help="Send the replicas that do not run a cell a 'yield' copy of its request.").tag(
-        config=True)
-
-    _FRONT_OPTIONS = ("replicas", "commit_timeout", "store_dir", "collect_garbage", "raft_host", "replace_lost_replicas", "send_yield",
-                      "gpus", "executor_policy_class", "scheduler_url", "gpu_request", "cpu_request",
-                      "memory_request_mb")
+    Its options are the front's own traits (:class:`~notebookos.kernel.front.app.NotebookOSFront`: one name, one
+    help string, one default each), in :data:`FRONT_OPTIONS`: from Jupyter config (``c.NotebookOSFront.replicas =
+    3``), overridden by the kernelspec's ``metadata.kernel_provisioner.config``, the resource request by the
+    notebook's metadata. They reach the front as a config file (mode 0600, next to the connection file), as the
+    supervisor hands replicas theirs.
+    """
 
     def __init__(self, **kwargs: Any):
-        known = set(self.class_trait_names()) | {"kernel_id", "kernel_spec", "parent", "config", "log"}
-        unknown = sorted(set(kwargs) - known)
+        own = {"kernel_id", "kernel_spec", "parent", "config", "log"}
+        options = {name: kwargs.pop(name) for name in list(kwargs) if name not in own}
+        unknown = sorted(set(options) - set(FRONT_OPTIONS))
         if unknown:
             raise UnknownKernelOption(
                 f"unknown notebookos kernel option(s) {', '.join(map(repr, unknown))} in the kernelspec's "
-                f"metadata.kernel_provisioner.config; known options: {', '.join(self._FRONT_OPTIONS)}. "
+                f"metadata.kernel_provisioner.config; known options: {', '.join(FRONT_OPTIONS)}. "
                 "Fix the kernelspec (`notebookos kernelspec show`) and start the kernel again."
             )
-        try:
-            super().__init__(**kwargs)
-        except TraitError as exc:  # a value of the wrong type; traitlets' message names the option
-            raise BadKernelOption(f"bad notebookos kernel option: {exc} Fix it in {_WHERE} and start the kernel "
-                                  "again.") from None
+        super().__init__(**kwargs)
+        configured = {k: v for k, v in dict(self.config.get("NotebookOSFront", {})).items() if k in FRONT_OPTIONS}
+        if not configured.get("scheduler_url") and os.environ.get("NOTEBOOKOS_SCHEDULER_URL"):
+            configured["scheduler_url"] = os.environ["NOTEBOOKOS_SCHEDULER_URL"]  # `notebookos up` sets it
+        self.front_options: dict[str, Any] = {}
         self._store: Path | None = None
-        self.check_options()
+        self._config_file: Path | None = None
+        self.set_options({**configured, **options})
 
-    def check_options(self) -> None:
-        """Raise :class:`BadKernelOption` naming every option whose value cannot work."""
-        problems = check_options({name: getattr(self, name) for name in self._FRONT_OPTIONS})
+    def set_options(self, options: dict[str, Any]) -> None:
+        """Take front options, checked as the front will check them; :class:`BadKernelOption` naming each bad one."""
+        from .front.app import (
+            NotebookOSFront,  # the server imports the front's code only when it starts a kernel
+        )
+
+        probe = NotebookOSFront()
+        for name, value in {**self.front_options, **options}.items():
+            try:
+                setattr(probe, name, value)
+            except (TraitError, ValueError) as exc:  # wrong type, or refused by the front's own check
+                raise BadKernelOption(f"bad notebookos kernel option {name}: {exc}. Fix it in {_WHERE} and start "
+                                      "the kernel again.") from None
+        self.front_options.update(options)
+        problems = check_options({name: getattr(probe, name) for name in FRONT_OPTIONS
+                                  if name != "executor_policy_class"}
+                                 | {"executor_policy_class": self.front_options.get("executor_policy_class", "")})
         if problems:
             raise BadKernelOption(f"bad notebookos kernel option{'s' if len(problems) > 1 else ''}: "
                                   f"{'; '.join(problems)}. Fix {'them' if len(problems) > 1 else 'it'} in {_WHERE} "
                                   "and start the kernel again.")
 
+    def option(self, name: str) -> Any:
+        """The front option ``name`` as this kernel's front will have it (set here, or the front's default)."""
+        if name in self.front_options:
+            return self.front_options[name]
+        from .front.app import NotebookOSFront
+
+        return NotebookOSFront.class_traits()[name].default()
+
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         # Before anything is written: a notebook with bad metadata must not leave a store or a connection file.
-        self._apply_notebook_request(kwargs.get("env") or {}, kwargs.get("cwd"))
+        notebook = notebook_path((kwargs.get("env") or {}).get("JPY_SESSION_NAME", ""), kwargs.get("cwd"))
+        if notebook is not None:
+            self.set_options(notebook_request(notebook))
         kwargs = await super().pre_launch(**kwargs)
-        if not self.store_dir and self._store is None:
+        if not self.front_options.get("store_dir") and self._store is None:
             # Chosen here, not in the front, so the store is removed even if the front is SIGKILLed (cleanup()).
             self._store = default_store_dir(self.kernel_id)
-        kwargs["cmd"] = list(kwargs["cmd"]) + self.front_arguments()
+        self._config_file = Path(self.parent.connection_file).with_suffix(".notebookos-config.json")
+        write_private_json(self._config_file, {"NotebookOSFront": self.front_config()})
+        kwargs["cmd"] = [*kwargs["cmd"], f"--config={self._config_file}"]
         return kwargs
 
-    def _apply_notebook_request(self, env: dict[str, str], cwd: str | None) -> None:
-        """Take the resource request from the notebook's metadata (``{"notebookos": {"gpus": 2}}``), if any.
-
-        Jupyter Server names the notebook a kernel is started for in ``JPY_SESSION_NAME``; kernels started any other
-        way (console, nbclient without it) keep the kernelspec's request.
-        """
-        notebook = notebook_path(env.get("JPY_SESSION_NAME", ""), cwd)
-        if notebook is None:
-            return
-        for trait, value in notebook_request(notebook).items():
-            setattr(self, trait, value)
-
-    @default("scheduler_url")
-    def _scheduler_url_default(self) -> str:
-        return os.environ.get("NOTEBOOKOS_SCHEDULER_URL", "")
-
-    def front_arguments(self) -> list[str]:
-        """This provisioner's options as the front's command-line config."""
-        values = {name: getattr(self, name) for name in self._FRONT_OPTIONS}
-        for name in ("executor_policy_class", "collect_garbage"):  # unset: the front's default applies
-            if values[name] in ("", None):
-                del values[name]
-        if values["scheduler_url"]:
+    def front_config(self) -> dict[str, Any]:
+        """The front's configuration: the options set, and what the provisioner decides for this kernel."""
+        values = {k: v for k, v in self.front_options.items() if v not in ("", None) or k == "scheduler_url"}
+        if values.get("scheduler_url"):
             values["kernel_id"] = self.kernel_id
         if self._store is not None:
             values.update(store_dir=str(self._store), remove_store=True)
-        return [f"--NotebookOSFront.{name}={value}" for name, value in values.items()]
+        return values
 
     async def cleanup(self, restart: bool = False) -> None:
         await super().cleanup(restart)
+        if self._config_file is not None:
+            self._config_file.unlink(missing_ok=True)
+            self._config_file = None
         if self._store is not None:
             shutil.rmtree(self._store, ignore_errors=True)
             self._store = None

@@ -43,6 +43,8 @@ class NotebookOSFront(Application):
     description = "The single endpoint of a replicated notebookos kernel: relays to its Raft-replicated replicas."
 
     connection_file = Unicode("", help="Connection file written by the Jupyter client (-f).").tag(config=True)
+    config_file = Unicode("", help="JSON or Python config file to load (the provisioner writes one with this "
+                          "kernel's options: --config=FILE); the command line wins over it.").tag(config=True)
     replicas = Int(3, help="Number of kernel replicas; Raft needs 3 to survive the loss of one.").tag(config=True)
     raft_host = Unicode("127.0.0.1", help="Address replicas bind their Raft ports to. Loopback unless the "
                         "replicas span hosts: Raft traffic carries pickles.").tag(config=True)
@@ -81,10 +83,18 @@ class NotebookOSFront(Application):
 
     aliases = {
         "f": "NotebookOSFront.connection_file",
+        "config": "NotebookOSFront.config_file",
         "replicas": "NotebookOSFront.replicas",
         "store-dir": "NotebookOSFront.store_dir",
         "log-level": "Application.log_level",
     }
+
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        if self.config_file:
+            path = Path(self.config_file)
+            self.load_config_file(path.name, path=str(path.parent))
+            self.update_config(self.cli_config)  # the command line wins over the file
 
     @validate("replicas")
     def _check_replicas(self, proposal):

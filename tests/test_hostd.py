@@ -234,3 +234,21 @@ def test_up_no_lab_leaves_nothing_behind(tmp_path):
             up.wait()
     wait_for(lambda: not any(pid_alive(p) for p in recorded), 5, "every process up started to exit")
     assert not pids_with(str(runtime))
+
+
+def test_hostd_command_line_is_the_applications_aliases_and_flags(tmp_path):
+    """`notebookos hostd --help` lists the daemon's options with the help of the traits they set; an option sets
+    its trait (one name, one place), and a config file loads with the command line winning over it."""
+    help_text = subprocess.run([sys.executable, "-m", "notebookos", "hostd", "--help"], capture_output=True,
+                               text=True, timeout=120).stdout
+    for option, trait in (("--scheduler-url", "HostDaemon.scheduler_url"), ("--store-root", "HostDaemon.store_root"),
+                          ("--token-stdin", "HostDaemon.token_stdin"), ("--no-nvml", "HostDaemon.use_nvml")):
+        assert option in help_text and trait in help_text, (option, help_text[:2000])
+    from notebookos.scheduler.hostd import HostDaemon
+
+    config = tmp_path / "hostd_config.json"
+    config.write_text(json.dumps({"HostDaemon": {"heartbeat_interval": 2.5, "stop_grace": 7.0}}))
+    app = HostDaemon()
+    app.initialize(["--port", "0", "--no-nvml", "--virtual-gpus=3", f"--config={config}", "--stop-grace=1"])
+    assert (app.port, app.use_nvml, app.virtual_gpus) == (0, False, 3)
+    assert app.heartbeat_interval == 2.5 and app.stop_grace == 1.0

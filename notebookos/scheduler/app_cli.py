@@ -7,8 +7,8 @@ configurable can be set as ``--Class.trait=value`` (``--SchedulerService.check_i
 ``--NotebookOSPolicy.some_trait=...``); ``up`` passes its unknown arguments on to JupyterLab.
 
 The same parsers run standalone: ``python -m notebookos.scheduler.service``, ``python -m
-notebookos.scheduler.hostd``, ``python -m notebookos.scheduler.up`` (:func:`scheduler_main`, :func:`hostd_main`,
-:func:`up_main`).
+notebookos.scheduler.hostd``, ``python -m notebookos.scheduler.up`` (:func:`scheduler_main`, ``hostd.main``,
+:func:`up_main`). The host daemon's options are its application's traitlets aliases and flags.
 """
 
 from __future__ import annotations
@@ -31,14 +31,6 @@ SCHEDULER_OPTIONS = {
     "check_interval": "check_interval", "host_timeout": "host_timeout", "log_level": "log_level",
 }
 
-#: argparse dest -> HostDaemon trait
-HOSTD_OPTIONS = {
-    "scheduler_url": "scheduler_url", "token": "token", "host_id": "host_id", "ip": "ip", "port": "port",
-    "public_url": "public_url", "virtual_gpus": "virtual_gpus", "use_nvml": "use_nvml",
-    "runtime_dir": "runtime_dir", "stop_grace": "stop_grace", "info_file": "info_file", "log_level": "log_level",
-    "heartbeat_interval": "heartbeat_interval", "prewarm": "prewarm", "replica_ip": "replica_ip",
-    "store_root": "store_root", "token_stdin": "token_stdin",
-}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -69,33 +61,6 @@ def scheduler_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check-interval", type=float, help="seconds between housekeeping passes (default 5)")
     p.add_argument("--host-timeout", type=float, help="seconds without a heartbeat before a host daemon is taken for "
                    "dead and dropped with its replicas (default 30; 0: never)")
-    _common(p)
-
-
-def hostd_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheduler-url", help="scheduler to register with (empty: none)")
-    p.add_argument("--token", help=TOKEN_HELP)
-    p.add_argument("--token-stdin", action="store_true", default=None,
-                   help="read the token from the first line of stdin (kept out of every environment and file)")
-    p.add_argument("--host-id", help="this host's id (default HOSTNAME:PORT)")
-    p.add_argument("--ip", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to listen on (default 0: a free port)")
-    p.add_argument("--public-url", help="URL the scheduler and fronts reach this daemon at (default http://IP:PORT)")
-    p.add_argument("--store-root", help="keep each kernel's object store here and copy blobs from other hosts on "
-                   "demand (for hosts on separate machines; default: the front's directory)")
-    p.add_argument("--replica-ip", help="address this host's replicas listen on, reachable by fronts and other "
-                   "hosts (default: --ip, or 127.0.0.1 for a wildcard)")
-    p.add_argument("--virtual-gpus", type=int, help="virtual GPUs when NVML finds none "
-                   "(default $NOTEBOOKOS_VIRTUAL_GPUS, else 8)")
-    p.add_argument("--no-nvml", dest="use_nvml", action="store_const", const=False,
-                   help="report virtual GPUs even where NVML finds real ones")
-    p.add_argument("--runtime-dir", help="directory for replica files and logs (default: a temporary one)")
-    p.add_argument("--stop-grace", type=float, help="seconds between SIGTERM and SIGKILL for a replica (default 3)")
-    p.add_argument("--prewarm", type=int, help="replica processes to keep started ahead of demand (default: the "
-                   "scheduler's --prewarm-pool-size, else 0)")
-    p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats to the scheduler "
-                   "(default 5; 0: none, the scheduler then never times this host out)")
-    p.add_argument("--info-file", help="write {url, host_id, pid} to FILE (mode 0600) once listening")
     _common(p)
 
 
@@ -158,16 +123,9 @@ def run_scheduler(args: argparse.Namespace) -> int:
 
 
 def run_hostd(args: argparse.Namespace) -> int:
-    from .hostd import HostDaemon
+    from .hostd import main
 
-    app = HostDaemon()
-    _configure(app, args, _traitlets_argv("HostDaemon", args, HOSTD_OPTIONS) + list(args.extra or []))
-    try:
-        app.start()
-    except (RuntimeError, ValueError, OSError) as exc:  # registration refused, no token, address in use, ...
-        print(f"notebookos hostd: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return main(args.extra or [])
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -188,12 +146,11 @@ def add_scheduler_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 
 def add_hostd_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    # Every argument, --help included, goes to the HostDaemon application: its aliases and flags are the
+    # command line (`notebookos hostd --help`), with the help strings of the traits they set.
     p = subparsers.add_parser(
-        "hostd", help="run a host daemon (one per GPU server)",
-        description="Run the notebookos host daemon: registers this server's GPUs with the scheduler and starts "
-        "and stops kernel replicas on it. Other traitlets options: --HostDaemon.<trait>=<value>.",
-        allow_abbrev=False)
-    hostd_arguments(p)
+        "hostd", help="run a host daemon (one per GPU server; --help for its options)", add_help=False,
+        description="Run the notebookos host daemon.")
     p.set_defaults(func=run_hostd, parser=p, passthrough=True)
     return p
 
@@ -225,10 +182,6 @@ def _standalone(prog: str, add: Any, argv: Sequence[str] | None) -> int:
 
 def scheduler_main(argv: Sequence[str] | None = None) -> int:
     return _standalone("notebookos", add_scheduler_parser, argv)
-
-
-def hostd_main(argv: Sequence[str] | None = None) -> int:
-    return _standalone("notebookos", add_hostd_parser, argv)
 
 
 def up_main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -160,9 +161,47 @@ class HostDaemon(Application):
     replica_log_level = Unicode("WARN", help="IPKernelApp.log_level of the replicas.").tag(config=True)
     info_file = Unicode("", help="Write {url, host_id, pid} here (mode 0600) once listening.").tag(config=True)
 
+    config_file = Unicode("", help="A traitlets config file (.py or .json) to load; the command line wins over it."
+                          ).tag(config=True)
+
+    # The command line: `notebookos hostd --help` lists these with the traits' help strings (as JupyterHub's app).
+    aliases = {
+        "scheduler-url": "HostDaemon.scheduler_url",
+        "token": "HostDaemon.token",
+        "host-id": "HostDaemon.host_id",
+        "ip": "HostDaemon.ip",
+        "port": "HostDaemon.port",
+        "public-url": "HostDaemon.public_url",
+        "store-root": "HostDaemon.store_root",
+        "replica-ip": "HostDaemon.replica_ip",
+        "virtual-gpus": "HostDaemon.virtual_gpus",
+        "runtime-dir": "HostDaemon.runtime_dir",
+        "stop-grace": "HostDaemon.stop_grace",
+        "prewarm": "HostDaemon.prewarm",
+        "heartbeat-interval": "HostDaemon.heartbeat_interval",
+        "info-file": "HostDaemon.info_file",
+        "config": "HostDaemon.config_file",
+        "log-level": "Application.log_level",
+    }
+    flags = {
+        "token-stdin": ({"HostDaemon": {"token_stdin": True}}, token_stdin.help),
+        "no-nvml": ({"HostDaemon": {"use_nvml": False}}, "Report virtual GPUs even where NVML finds real ones."),
+    }
+
     @default("log_format")
     def _log_format_default(self) -> str:
         return "[%(name)s %(asctime)s %(levelname)s] %(message)s"
+
+    @default("log_level")
+    def _log_level_default(self) -> int:
+        return logging.INFO
+
+    def initialize(self, argv: list[str] | None = None) -> None:
+        self.parse_command_line(argv)
+        if self.config_file:
+            path = Path(self.config_file).resolve()
+            self.load_config_file(path.name, path=str(path.parent))
+            self.update_config(self.cli_config)  # the command line wins over the file
 
     @default("token")
     def _token_default(self) -> str:
@@ -611,9 +650,15 @@ class ReplicaHandler(_HostHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .app_cli import hostd_main
-
-    return hostd_main(argv)
+    """``notebookos hostd [options]``: run a host daemon until SIGINT/SIGTERM."""
+    app = HostDaemon()
+    try:
+        app.initialize(sys.argv[1:] if argv is None else list(argv))
+        app.start()
+    except (RuntimeError, ValueError, OSError) as exc:  # registration refused, no token, address in use, ...
+        print(f"notebookos hostd: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -260,6 +260,7 @@ def leftovers() -> set[str]:
     ("commit_timeout", 0, "commit_timeout"),
     ("commit_timeout", -1.5, "commit_timeout"),
     ("commit_timeout", "ten", "commit_timeout"),
+    ("migrate_timeout", 0, "migrate_timeout"),
     ("store_dir", "/proc/notebookos-store", "store_dir"),
     ("raft_host", "not a host name!", "raft_host"),
     ("raft_host", "192.0.2.1", "raft_host"),

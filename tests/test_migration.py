@@ -44,7 +44,7 @@ def test_a_migration_whose_new_replica_never_catches_up_is_rolled_back(growing_c
         assert code in (200, 201), (path, code, answer)
         return answer
 
-    k = Kernel(env={"NOTEBOOKOS_MIGRATE_TIMEOUT": "10"})
+    k = Kernel(migrate_timeout=10)
     stalled: dict = {}
     try:
         reply, _ = k.execute("import numpy as np\nx = 41\nbig = np.arange(300_000)")

@@ -80,6 +80,9 @@ class NotebookOSFront(Application):
     minority_start_delay = Float(0.3, help="Standalone mode: seconds after the majority before the remaining "
                                  "replicas start; the kernel runs cells without them meanwhile.").tag(config=True)
     compaction_entries = Int(200, help="Raft log entries between snapshots.").tag(config=True)
+    migrate_timeout = Float(60.0, help="Seconds a migration's new replica gets to start, join the Raft group and "
+                            "catch up before the migration is rolled back (raise it for slow starts or large "
+                            "states).").tag(config=True)
 
     aliases = {
         "f": "NotebookOSFront.connection_file",
@@ -145,6 +148,7 @@ class NotebookOSFront(Application):
             host=self.raft_host,
         )
         supervisor.replace_lost = self.replace_lost_replicas
+        supervisor.migrate_timeout = self.migrate_timeout
         scheduler = None
         unplaced: str | None = None
         hosts: list[str | None] | None = None

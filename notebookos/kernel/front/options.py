@@ -38,6 +38,13 @@ def check_commit_timeout(value: Any) -> list[str]:
     return []
 
 
+def check_migrate_timeout(value: Any) -> list[str]:
+    if not _number(value) or not math.isfinite(value) or value <= 0:
+        return [f"migrate_timeout={value!r}: must be a number of seconds greater than 0 (default 60): how long a "
+                "migration's new replica may take to start and catch up. Set a positive value"]
+    return []
+
+
 def check_store_dir(value: Any) -> list[str]:
     """The store directory must be (or be creatable as) a directory this user can write."""
     if not isinstance(value, str):
@@ -148,6 +155,7 @@ def check_options(values: dict[str, Any]) -> list[str]:
     checks = {
         "replicas": check_replicas,
         "commit_timeout": check_commit_timeout,
+        "migrate_timeout": check_migrate_timeout,
         "gpus": check_gpus,
         "executor_policy_class": check_executor_policy_class,
         "scheduler_url": check_scheduler_url,

@@ -44,7 +44,7 @@ from jupyter_client.session import Session
 from .. import protocol
 from .executor import ExecutorChoice, ExecutorPolicy, Migrate, ReplicaView
 from .percell import PerCellReplicas, reply_without_replica
-from .supervisor import ReplicaHandle, Supervisor
+from .supervisor import MigrationFailed, ReplicaHandle, Supervisor
 from .wire import BadMessage, Signer, WireMessage, parse
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class Relay:
         self._abort_through = 0  # those up to this arrival number are aborted (a cell failed with stop_on_error)
         self._outcomes: dict[str, asyncio.Future[str]] = {}  # execute msg_id -> how it ended ("ok", "error", ...)
         self._redo: deque[WireMessage] = deque()
+        self._failed_migrations: BoundedDict = BoundedDict(100)  # execute msg_id -> why its migration failed
         self._dispatches: set[asyncio.Task] = set()
         self._suspects: dict[int, asyncio.Task] = {}  # replica id -> its retirement (it diverged), under way
         self._judgements: BoundedDict = BoundedDict(100)  # execute msg_id -> task judging its failed commit
@@ -401,10 +402,7 @@ class Relay:
         scheduler again (it may answer run, wait or migrate). A second move asked for the same cell ends the cell
         with an error that says why the first one failed, rather than trying forever.
         """
-        from .supervisor import MigrationFailed
-
-        # Per cell: the migration that failed for it (kept on the relay; created here, on the first migration).
-        failed: BoundedDict = self.__dict__.setdefault("_failed_migrations", BoundedDict(100))
+        failed = self._failed_migrations
         if msg.msg_id in failed:
             raise RuntimeError(f"{failed[msg.msg_id]} The scheduler asked to move the replica again, so the cell "
                                "does not run now: run it again later (it runs once a GPU is free where the kernel's "

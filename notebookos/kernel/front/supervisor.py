@@ -451,9 +451,8 @@ class Supervisor:
         return new
 
     #: Seconds a migration's new replica gets to start, join and catch up before the migration is rolled back
-    #: (the environment variable overrides it, for tests and for clusters with slow starts or large states).
+    #: (the front sets it from its ``migrate_timeout`` option).
     migrate_timeout = 60.0
-    MIGRATE_TIMEOUT_ENV = "NOTEBOOKOS_MIGRATE_TIMEOUT"
 
     async def migrate(self, old: ReplicaHandle, host_id: str | None, catch_up_seq: int,
                       timeout: float | None = None) -> ReplicaHandle:
@@ -467,7 +466,7 @@ class Supervisor:
         its process is stopped, the old one stays a member and keeps running, and :class:`MigrationFailed` says why.
         """
         if timeout is None:
-            timeout = self._migrate_timeout()
+            timeout = self.migrate_timeout
         while self._replacing:
             await asyncio.sleep(0.05)
         self._replacing = True
@@ -525,16 +524,6 @@ class Supervisor:
             return new
         finally:
             self._replacing = False
-
-    @classmethod
-    def _migrate_timeout(cls) -> float:
-        value = os.environ.get(cls.MIGRATE_TIMEOUT_ENV, "")
-        try:
-            return float(value) if value else cls.migrate_timeout
-        except ValueError:
-            log.warning("%s=%r is not a number of seconds: using %g", cls.MIGRATE_TIMEOUT_ENV, value,
-                        cls.migrate_timeout)
-            return cls.migrate_timeout
 
     async def _catch_up(self, new: ReplicaHandle, catch_up_seq: int, deadline: float, timeout: float) -> None:
         """Wait until ``new`` has applied every cell committed so far (``catch_up_seq``)."""

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from traitlets import Bool
+from traitlets import Bool, Float
 
 from notebookos.scheduler.cluster import Cluster
-from notebookos.scheduler.policy import Migrate, Queue, Run, ScaleOut, SchedulerPolicy
+from notebookos.scheduler.policy import Migrate, Run, ScaleOut, SchedulerPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-" + secrets.token_hex(8)
@@ -33,14 +33,12 @@ POLICY = "tests.test_scheduler_service:TinyPolicy"
 
 
 class TinyPolicy(SchedulerPolicy):
-    """Least-subscribed placement, last executor first, optional migration, scale-out, then a FIFO."""
+    """Least-subscribed placement, last executor first, optional migration, scale-out, then a FIFO (the base
+    class's waiting queue, which the scheduler shares)."""
 
     name = "tiny"
     migrate = Bool(False, help="Migrate a replica to a host with a free GPU instead of queueing.").tag(config=True)
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.queue: list[str] = []
+    max_subscription_ratio = Float(7.0, help="Subscription cap (a policy with a cap declares it).").tag(config=True)
 
     def place(self, cluster: Cluster, kernel_id: str, now: float) -> list[str] | None:
         kernel = cluster.kernels[kernel_id]
@@ -58,16 +56,15 @@ class TinyPolicy(SchedulerPolicy):
 
     def schedule_cell(self, cluster: Cluster, kernel_id: str, now: float):
         kernel = cluster.kernels[kernel_id]
-        self.queue = [k for k in self.queue if k in cluster.kernels]
-        first_in_line = not self.queue or self.queue[0] == kernel_id
+        waiting = [k for k in self.waiting if k in cluster.kernels]
+        first_in_line = not waiting or waiting[0] == kernel_id
         if first_in_line:
             order = sorted(kernel.replicas, key=lambda rid: (rid != kernel.last_executor, rid))
             for rid in order:
                 host = cluster.hosts[kernel.replicas[rid].host_id]
                 if len(host.free_gpus) >= kernel.request.gpus:
                     devices = cluster.commit(kernel_id, rid, now)
-                    if kernel_id in self.queue:
-                        self.queue.remove(kernel_id)
+                    self.dequeue(kernel_id)
                     return Run(rid, host.id, devices)
             if self.migrate and order:
                 holders = {r.host_id for r in kernel.replicas.values()}
@@ -76,9 +73,7 @@ class TinyPolicy(SchedulerPolicy):
                         return Migrate(order[0], host.id)
             if len(cluster.hosts) < self.max_hosts:
                 return ScaleOut(self.host_gpus)
-        if kernel_id not in self.queue:
-            self.queue.append(kernel_id)
-        return Queue(self.queue.index(kernel_id) + 1)
+        return self._queue(cluster, kernel_id, now)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -461,7 +456,7 @@ def test_migration_and_session_reclaim(tmp_path):
 def test_scale_out_and_in(tmp_path):
     """No room -> the LocalHostProvider starts a hostd that registers; idle past the limit -> it is removed."""
     scheduler, url = start_scheduler(tmp_path, "--replicas-per-kernel", "1", "--max-hosts", "2",
-                                     "--oversubscription", "1", "--host-gpus", "1", "--host-idle-limit", "1",
+                                     "--TinyPolicy.max_subscription_ratio=1", "--host-gpus", "1", "--host-idle-limit", "1",
                                      "--check-interval", "0.2",
                                      f"--LocalHostProvider.runtime_dir={tmp_path / 'scaled'}")
     first = start_hostd(tmp_path, url, "s1")
@@ -522,3 +517,48 @@ def test_a_killed_host_daemon_is_dropped_and_a_forgotten_one_registers_again(tmp
         for p in [*hosts.values(), *([silent] if silent else [])]:
             p.stop()
         scheduler.stop()
+
+
+def test_scheduler_command_line_is_the_applications_aliases_and_flags(tmp_path):
+    """`notebookos scheduler --help` lists the options with the help of the traits they set; an option sets its
+    trait (the last of repeats wins), a config file loads under the command line, and the subscription cap has one
+    name, the policy's: the old --oversubscription says which."""
+    help_text = subprocess.run([sys.executable, "-m", "notebookos", "scheduler", "--help"], capture_output=True,
+                               text=True, timeout=120).stdout
+    for option, trait, words in (("--port", "SchedulerService.port", "Port the REST API listens on"),
+                                 ("--max-hosts", "SchedulerService.max_hosts", "Largest cluster size"),
+                                 ("--host-timeout", "SchedulerService.host_timeout", "heartbeat"),
+                                 ("--policy", "SchedulerService.policy", "module:Class"),
+                                 ("--config", "SchedulerService.config_file", "config file")):
+        assert option in help_text and trait in help_text and words in help_text, (option, help_text[:3000])
+    assert "--oversubscription" not in help_text and "NotebookOSPolicy.max_subscription_ratio" in help_text
+
+    from notebookos.scheduler.service import SchedulerService
+
+    config = tmp_path / "scheduler_config.json"
+    config.write_text(json.dumps({"SchedulerService": {"check_interval": 2.5, "host_timeout": 9.0},
+                                  "NotebookOSPolicy": {"max_subscription_ratio": 3.0}}))
+    app = SchedulerService()
+    app.initialize(["--port", "0", "--policy", "batch", "--policy=notebookos", f"--config={config}",
+                    "--host-timeout=4", "--replicas-per-kernel", "2"])
+    assert (app.port, app.policy, app.replicas_per_kernel) == (0, "notebookos", 2)
+    assert app.check_interval == 2.5 and app.host_timeout == 4.0
+    policy = app.make_policy()
+    assert (type(policy).__name__, policy.max_subscription_ratio, policy.replicas_per_kernel) == (
+        "NotebookOSPolicy", 3.0, 2)
+
+    for argv in (["--oversubscription", "2"], ["--oversubscription=2"], ["--SchedulerService.oversubscription_ratio=2"]):
+        with pytest.raises(ValueError, match=r"--NotebookOSPolicy\.max_subscription_ratio=N"):
+            SchedulerService().initialize(argv)
+    proc = subprocess.run([sys.executable, "-m", "notebookos", "scheduler", "--oversubscription", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "--NotebookOSPolicy.max_subscription_ratio=N" in proc.stderr
+    with pytest.raises(ValueError, match="unknown scheduling policy 'nope'; available: batch, notebookos"):
+        SchedulerService(policy="nope").make_policy()
+
+    from notebookos.scheduler.up import _route_options
+
+    lab, scheduler, hostd = _route_options(["--NotebookOSPolicy.max_subscription_ratio=3", "--HostDaemon.x=1",
+                                            "--SchedulerService.front_lease=9", "--ServerApp.y=2"])
+    assert scheduler == ["--NotebookOSPolicy.max_subscription_ratio=3", "--SchedulerService.front_lease=9"]
+    assert (lab, hostd) == (["--ServerApp.y=2"], ["--HostDaemon.x=1"])

@@ -2,11 +2,13 @@
 
 Plain data with the bookkeeping that must never go wrong (GPU commit and release) in one place, so that the
 policies (``policy.py``), the live service and the simulator share it. Time is passed in by the caller (wall clock
-in the service, simulated time in the simulator); nothing here sleeps or does I/O.
+in the service, simulated time in the simulator); nothing here sleeps or does I/O. :class:`Growth` is the
+scale-out side of the same bookkeeping: hosts being added, and which waiting kernels their GPUs are promised to.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -175,3 +177,104 @@ class Cluster:
     @property
     def gpus_committed(self) -> int:
         return sum(len(h.committed) for h in self.hosts.values())
+
+
+#: Seconds after a failed scale-out during which cells are told why instead of starting another one.
+SCALE_OUT_ERROR_HOLD_S = 10.0
+
+
+class PendingHost:
+    """A host being added: ``gpus`` it will have, ``unpromised`` of them not yet promised to a waiting kernel."""
+
+    __slots__ = ("id", "gpus", "unpromised")
+
+    def __init__(self, gpus: int, host_id: str | None = None) -> None:
+        self.id = host_id
+        self.gpus = gpus
+        self.unpromised = gpus
+
+
+class Growth:
+    """Scale-out accounting: hosts being added (never past ``max_hosts`` with the online ones), and which waiting
+    kernel each is promised to, so that kernels waiting for GPUs share a starting host before another starts.
+
+    A promise is not given back when its kernel runs elsewhere or goes away (the host comes anyway); it ends when
+    the host arrives or fails.
+    """
+
+    def __init__(self, max_hosts: int) -> None:
+        self.max_hosts = max_hosts
+        self.pending: list[PendingHost] = []
+        self.promised: dict[str, PendingHost] = {}
+        self.started = 0
+        self.last_error: tuple[float, str] | None = None
+
+    def room(self, online: int) -> int:
+        """Hosts that may still be started besides ``online`` ones and the pending ones."""
+        return self.max_hosts - online - len(self.pending)
+
+    def start(self, online: int, gpus: int, host_id: str | None = None) -> PendingHost | None:
+        """Count a new host of ``gpus`` GPUs as starting; None when the cluster is at ``max_hosts``."""
+        if self.room(online) <= 0:
+            return None
+        p = PendingHost(gpus, host_id)
+        self.pending.append(p)
+        self.started += 1
+        return p
+
+    def attach(self, kernel_id: str, gpus: int) -> PendingHost | None:
+        """Promise ``kernel_id`` ``gpus`` GPUs of a starting host that has them unpromised (its old promise, if
+        any, stands); None when no starting host has them."""
+        p = self.promised.get(kernel_id)
+        if p is not None:
+            return p
+        for p in self.pending:
+            if p.unpromised >= gpus:
+                p.unpromised -= gpus
+                self.promised[kernel_id] = p
+                return p
+        return None
+
+    def promise(self, kernel_id: str, gpus: int, online: int, host_gpus: int,
+                new_id: Callable[[], str] | None = None) -> tuple[PendingHost | None, bool]:
+        """:meth:`attach`, else start a host of ``host_gpus`` GPUs (named ``new_id()``) and promise from it.
+        Returns the host (None at ``max_hosts``) and whether it was started now (the caller then adds it)."""
+        p = self.attach(kernel_id, gpus)
+        if p is not None:
+            return p, False
+        if self.room(online) <= 0:
+            return None, False
+        p = self.start(online, host_gpus, new_id() if new_id is not None else None)
+        if p is None:
+            return None, False
+        p.unpromised -= gpus
+        self.promised[kernel_id] = p
+        return p, True
+
+    def hosts_to_start(self, online: int, need: int) -> int:
+        """New hosts to start for a placement that needs ``need`` more hosts, counting the starting ones."""
+        return max(0, min(self.room(online), need - len(self.pending)))
+
+    def forget(self, kernel_id: str) -> None:
+        """``kernel_id`` no longer waits for its promise (it runs, or was placed)."""
+        self.promised.pop(kernel_id, None)
+
+    def _end(self, p: PendingHost) -> None:
+        self.pending.remove(p)
+        for kernel_id in [k for k, q in self.promised.items() if q is p]:
+            del self.promised[kernel_id]
+
+    def arrived(self, p: PendingHost) -> None:
+        """``p`` is online (or registered): it is no longer pending and its promises end."""
+        self._end(p)
+        self.last_error = None
+
+    def failed(self, p: PendingHost, message: str, now: float) -> None:
+        """Adding ``p`` failed with ``message``; cells are told for :data:`SCALE_OUT_ERROR_HOLD_S`."""
+        self._end(p)
+        self.last_error = (now, message)
+
+    def recent_error(self, now: float) -> str | None:
+        if self.last_error and now - self.last_error[0] < SCALE_OUT_ERROR_HOLD_S:
+            return self.last_error[1]
+        return None

@@ -5,21 +5,37 @@ sleeps, sends or reads a clock (``now`` is an argument). That is what lets the s
 simulated time. The methods are synchronous for that reason: with no I/O there is nothing to await, and the
 simulator calls them hundreds of thousands of times. Implementations are found through the entry point group
 ``notebookos.scheduler_policies`` (like jupyter_client's provisioners); :func:`load_policy` resolves a name.
+
+Besides the two abstract methods, :class:`SchedulerPolicy` has a default for every hook its callers use (the
+live :class:`~notebookos.scheduler.core.SchedulerCore` and the simulator), so callers never probe for optional
+methods: override what your policy does differently.
+
+The policy also keeps *the* waiting queue of its cluster: the kernels whose cells were told to wait (a
+:class:`Queue` or a :class:`ScaleOut`), first in line first. The caller puts a kernel told to wait in line
+(:meth:`SchedulerPolicy.enqueue`) and takes it out when its cell runs or moves (:meth:`SchedulerPolicy.dequeue`);
+a policy may use the order (the batch policy serves it strictly first come, first served).
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
-from traitlets import Float, Int
+from traitlets import Int
 from traitlets.config import LoggingConfigurable
 
 from .cluster import Cluster
 
 ENTRY_POINT_GROUP = "notebookos.scheduler_policies"
+
+#: The bundled policies, resolvable by name even where the installed package metadata predates their entry
+#: points (an editable install made before they were added).
+BUNDLED_POLICIES = {
+    "notebookos": "notebookos.scheduler.policies.notebookos:NotebookOSPolicy",
+    "reservation": "notebookos.scheduler.policies.reservation:ReservationPolicy",
+    "batch": "notebookos.scheduler.policies.batch:BatchPolicy",
+}
 
 
 @dataclass(frozen=True)
@@ -61,15 +77,29 @@ class _PolicyMeta(type(LoggingConfigurable), abc.ABCMeta):
 
 
 class SchedulerPolicy(LoggingConfigurable, metaclass=_PolicyMeta):
-    """Where replicas go and which replica runs each cell."""
+    """Where replicas go and which replica runs each cell.
+
+    A policy that caps GPU subscription declares its own cap trait (``c.NotebookOSPolicy.max_subscription_ratio``).
+    """
 
     name = "base"
     replicas_per_kernel = Int(3, help="Replicas per kernel.").tag(config=True)
-    max_subscription_ratio = Float(
-        7.0, help="Most GPUs that replicas placed on a host may request, as a multiple of its GPUs "
-        "(NotebookOS uses 7).").tag(config=True)
     max_hosts = Int(64, help="Largest cluster size scale-out may reach; past it cells queue.").tag(config=True)
     host_gpus = Int(8, help="GPUs of a host added by scale-out.").tag(config=True)
+
+    #: True when ``place`` commits the kernel's GPUs (a reservation held until the kernel ends): a running
+    #: ``cluster.kernels[k].running`` then does not mean a cell runs, and scale-out for a kernel that cannot be
+    #: placed asks for its GPUs on one host, not for hosts.
+    reserves_at_placement = False
+    #: True when cells run strictly first come, first served: once the first waiting cell cannot run, none behind
+    #: it can (the simulator stops retrying there).
+    strict_fifo = False
+    #: Seconds between a :class:`Run` and the cell's start (the batch policy starts a fresh process per cell).
+    process_start_seconds = 0.0
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._waiting: dict[str, float] = {}  # kernel id -> when it was first told to wait, in line order
 
     @abc.abstractmethod
     def place(self, cluster: Cluster, kernel_id: str, now: float) -> list[str] | None:
@@ -83,20 +113,99 @@ class SchedulerPolicy(LoggingConfigurable, metaclass=_PolicyMeta):
         """The cell's reply was sent (or its replica died): release its GPUs."""
         if cluster.kernels[kernel_id].running is not None:
             cluster.release(kernel_id, now)
+        self.dequeue(kernel_id)
 
     def idle_hosts(self, cluster: Cluster, now: float, idle_limit: float) -> list[str]:
         """Hosts with no replicas for ``idle_limit`` seconds, which scale-in may remove."""
         return [h.id for h in cluster.hosts.values()
                 if not h.replicas and h.idle_since is not None and now - h.idle_since >= idle_limit]
 
+    def hosts_needed(self, cluster: Cluster, kernel_id: str) -> int:
+        """How many new hosts ``place`` needs before it can place this kernel (after it answered None).
+        Default 1: grow one host at a time and ask again."""
+        return 1
+
+    def max_free_gpus(self, cluster: Cluster) -> int:
+        """Most free GPUs on one host (a cell needing more cannot run or migrate anywhere now)."""
+        return max((h.gpus - len(h.committed) for h in cluster.hosts.values()), default=0)
+
+    def refresh(self, cluster: Cluster, host_ids: list[str] | None = None) -> None:
+        """The cluster changed on ``host_ids`` (all hosts when None) outside the policy: a host came or went,
+        replicas were placed or removed, GPUs released. Default: nothing (a policy without an index)."""
+
+    def trust_refresh(self, trusted: bool) -> bool:
+        """``trusted``: the caller reports every change it makes through :meth:`refresh` (the simulator), so a
+        policy with an index may skip re-checking hosts when it finds no room. Returns the previous setting.
+        Default: nothing to skip, always False."""
+        return False
+
+    def no_room(self, cluster: Cluster, kernel_id: str) -> str:
+        """What a kernel that ``place`` cannot place asks for, for error messages."""
+        request = cluster.kernels[kernel_id].request
+        return f"{self.replicas_per_kernel} replica(s) of {request.gpus} GPU(s) on distinct hosts"
+
+    def check(self, cluster: Cluster) -> None:
+        """Raise if the policy's own bookkeeping disagrees with ``cluster`` (tests, ``simulate(check=True)``)."""
+
+    # -- the waiting queue -------------------------------------------------------------------------------------
+    def enqueue(self, cluster: Cluster, kernel_id: str, now: float) -> int:
+        """Put ``kernel_id`` in line (a kernel already there keeps its place); returns its position (1 = next).
+        Kernels that left the cluster leave the line."""
+        waiting = self._waiting
+        kernels = cluster.kernels
+        for k in [k for k in waiting if k not in kernels]:
+            del waiting[k]
+        if kernel_id not in waiting:
+            waiting[kernel_id] = now
+            return len(waiting)
+        for pos, k in enumerate(waiting, 1):
+            if k == kernel_id:
+                return pos
+        raise AssertionError("unreachable")
+
+    def dequeue(self, kernel_id: str) -> None:
+        """``kernel_id`` no longer waits (its cell runs or moves, or it finished)."""
+        self._waiting.pop(kernel_id, None)
+
+    def withdraw(self, cluster: Cluster, kernel_id: str) -> None:
+        """The kernel's waiting cell was cancelled (or the kernel is going away): leave the line."""
+        self.dequeue(kernel_id)
+
+    def _queue(self, cluster: Cluster, kernel_id: str, now: float) -> Queue:
+        """Answer :class:`Queue` with the kernel's place in line (putting it there)."""
+        return Queue(self.enqueue(cluster, kernel_id, now))
+
+    @property
+    def waiting(self) -> list[str]:
+        """Kernel ids whose cells wait, first in line first."""
+        return list(self._waiting)
+
+    def waiting_since(self, kernel_id: str) -> float | None:
+        """When ``kernel_id`` was put in line (None: it does not wait)."""
+        return self._waiting.get(kernel_id)
+
+    def queue_position(self, kernel_id: str) -> int | None:
+        """``kernel_id``'s place in line (1 = next), or None."""
+        for pos, k in enumerate(self._waiting, 1):
+            if k == kernel_id:
+                return pos
+        return None
+
 
 def available_policies() -> dict[str, type[SchedulerPolicy]]:
-    return {ep.name: ep.load() for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    """Policy classes by name: the entry points, and the bundled ones where package metadata lacks them."""
+    from ..plugins import available
+
+    return {name: policy_class(name) for name in available(ENTRY_POINT_GROUP, BUNDLED_POLICIES)}
+
+
+def policy_class(name: str) -> type[SchedulerPolicy]:
+    """The policy class an entry point name, a bundled name or ``module:Class`` names (ValueError if none)."""
+    from ..plugins import load_class
+
+    return load_class(ENTRY_POINT_GROUP, name, SchedulerPolicy, "scheduling policy", BUNDLED_POLICIES)
 
 
 def load_policy(name: str, **config: Any) -> SchedulerPolicy:
-    policies = available_policies()
-    if name not in policies:
-        raise ValueError(f"unknown scheduling policy {name!r}; available: {', '.join(sorted(policies)) or 'none'} "
-                         f"(entry point group {ENTRY_POINT_GROUP!r})")
-    return policies[name](**config)
+    """An instance of :func:`policy_class` ``(name)`` with ``config`` (traits, and ``parent``)."""
+    return policy_class(name)(**config)

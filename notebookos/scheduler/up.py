@@ -189,12 +189,16 @@ def _ensure_kernelspec() -> None:
 
 
 def _route_options(extra: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """Split ``up``'s unlisted arguments: ``--SchedulerService.x=v`` (and a policy's or provider's own
-    ``--<Class>.x=v`` given as ``--scheduler:<Class>.x=v``) go to the scheduler, ``--HostDaemon.x=v`` to every host
+    """Split ``up``'s unlisted arguments: ``--SchedulerService.x=v`` and the bundled policies' ``--NotebookOSPolicy.x=v``
+    (``--ReservationPolicy``, ``--BatchPolicy``; another policy's or a provider's own ``--<Class>.x=v`` given as
+    ``--scheduler:<Class>.x=v``) go to the scheduler, ``--HostDaemon.x=v`` to every host
     daemon, the rest to JupyterLab."""
     lab, scheduler, hostd = [], [], []
     for arg in extra:
-        if arg.startswith("--SchedulerService."):
+        if arg == "--oversubscription" or arg.startswith("--oversubscription="):
+            raise SystemExit("notebookos up: --oversubscription is gone; the GPU subscription cap is the policy's: "
+                             "--NotebookOSPolicy.max_subscription_ratio=N")
+        if arg.startswith(("--SchedulerService.", "--NotebookOSPolicy.", "--ReservationPolicy.", "--BatchPolicy.")):
             scheduler.append(arg)
         elif arg.startswith("--scheduler:"):
             scheduler.append("--" + arg[len("--scheduler:"):])

@@ -7,7 +7,7 @@
 
 They are found through the ``notebookos.scheduler_policies`` entry points (:func:`notebookos.scheduler.policy.
 load_policy`). All three keep a :class:`HostIndex` (hosts bucketed by free GPUs and by subscription ratio) so that
-a decision does not scan every host, and a FIFO of the kernels whose cells wait (for ``Queue.position``).
+a decision does not scan every host; the FIFO of the kernels whose cells wait is the base class's.
 
 Conventions shared by the three (the caller, live service or simulator, relies on them):
 
@@ -22,7 +22,7 @@ Conventions shared by the three (the caller, live service or simulator, relies o
   :meth:`IndexedPolicy.refresh` with the hosts it touched; if it does not, decisions stay correct (entries are
   checked against the hosts when read, and with ``verify_misses`` every host is re-checked before the policy
   answers that no host has room) but a preference (most free, least subscribed) may be off until the next
-  refresh. :meth:`IndexedPolicy.withdraw` takes a kernel out of the waiting FIFO when its cell is cancelled.
+  refresh. The waiting FIFO is the base class's (:meth:`~notebookos.scheduler.policy.SchedulerPolicy.enqueue`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from collections.abc import Callable, Collection, Iterable
 from traitlets import Bool
 
 from ..cluster import Cluster, Host
-from ..policy import Queue, SchedulerPolicy
+from ..policy import SchedulerPolicy
 
 __all__ = ["HostIndex", "IndexedPolicy", "free_gpu_count"]
 
@@ -226,22 +226,16 @@ class HostIndex:
 
 
 class IndexedPolicy(SchedulerPolicy):
-    """A policy with a :class:`HostIndex` over the cluster it is driven on and a FIFO of waiting kernels."""
+    """A policy with a :class:`HostIndex` over the cluster it is driven on."""
 
     verify_misses = Bool(
         True, help="Before answering that no host has room (ScaleOut, Queue, None from place), re-check every "
         "host against the index once (O(hosts)). Needed when code other than the policy changes the cluster "
         "without calling refresh(); the simulator keeps the index exact and turns it off.").tag(config=True)
 
-    #: True when ``place`` commits GPUs (the simulator then asks scale-out for GPUs, not for hosts).
-    reserves_at_placement = False
-    #: True when cells run strictly first come, first served (the simulator stops retrying at the first Queue).
-    strict_fifo = False
-
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._index: HostIndex | None = None
-        self._waiting: dict[str, None] = {}
 
     # -- index -----------------------------------------------------------------------------------------------
     def index(self, cluster: Cluster) -> HostIndex:
@@ -263,6 +257,18 @@ class IndexedPolicy(SchedulerPolicy):
         else:
             idx.update_many(host_ids)
 
+    def trust_refresh(self, trusted: bool) -> bool:
+        """Turn ``verify_misses`` off while the caller reports every change (see the base class)."""
+        previous = not self.verify_misses
+        self.verify_misses = not trusted
+        return previous
+
+    def check(self, cluster: Cluster) -> None:
+        """The index must file every host under its current values."""
+        idx = self._index
+        if idx is not None and idx.cluster is cluster and not idx.is_exact():
+            raise AssertionError("the policy's host index is out of date")
+
     def max_free_gpus(self, cluster: Cluster) -> int:
         """Most free GPUs on one host (a cell needing more cannot run or migrate anywhere now)."""
         return self.index(cluster).max_free_gpus()
@@ -273,29 +279,3 @@ class IndexedPolicy(SchedulerPolicy):
             self.index(cluster).resync()
             return True
         return False
-
-    # -- waiting FIFO ----------------------------------------------------------------------------------------
-    def _queue(self, cluster: Cluster, kernel_id: str) -> Queue:
-        waiting = self._waiting
-        kernels = cluster.kernels
-        for k in [k for k in waiting if k not in kernels]:
-            del waiting[k]
-        if kernel_id not in waiting:
-            waiting[kernel_id] = None
-            return Queue(len(waiting))
-        for pos, k in enumerate(waiting, 1):
-            if k == kernel_id:
-                return Queue(pos)
-        raise AssertionError("unreachable")
-
-    def _dequeue(self, kernel_id: str) -> None:
-        self._waiting.pop(kernel_id, None)
-
-    def withdraw(self, cluster: Cluster, kernel_id: str) -> None:
-        """The kernel's waiting cell was cancelled (or the kernel is going away): leave the FIFO."""
-        self._dequeue(kernel_id)
-
-    @property
-    def waiting(self) -> list[str]:
-        """Kernel ids whose cells wait, first in line first."""
-        return list(self._waiting)

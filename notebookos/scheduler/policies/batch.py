@@ -24,8 +24,8 @@ class BatchPolicy(IndexedPolicy):
     - ``cell_finished`` releases the GPUs and removes the transient replica.
 
     Parameters (traitlets, ``c.BatchPolicy.<name>``): ``process_start_seconds`` (15.0), ``max_hosts`` (64),
-    ``host_gpus`` (8), ``verify_misses`` (True). ``replicas_per_kernel`` is 0 and ``max_subscription_ratio`` is
-    not used.
+    ``host_gpus`` (8), ``verify_misses`` (True). ``replicas_per_kernel`` is 0; there is no
+    subscription cap.
     """
 
     name = "batch"
@@ -45,7 +45,7 @@ class BatchPolicy(IndexedPolicy):
             raise AccountingError(f"kernel {kernel_id!r} already runs a cell on replica {kernel.running[0]}")
         waiting = self._waiting
         if waiting and next(iter(waiting)) != kernel_id and cluster.kernels.get(next(iter(waiting))) is not None:
-            return self._queue(cluster, kernel_id)  # FCFS: earlier cells go first
+            return self._queue(cluster, kernel_id, now)  # FCFS: earlier cells go first
         gpus = kernel.request.gpus
         idx = self.index(cluster)
         host_id = idx.most_free(gpus)
@@ -54,11 +54,11 @@ class BatchPolicy(IndexedPolicy):
         if host_id is None:
             if len(cluster.hosts) < self.max_hosts:
                 return ScaleOut(self.host_gpus)
-            return self._queue(cluster, kernel_id)
+            return self._queue(cluster, kernel_id, now)
         record = cluster.place_replica(kernel_id, host_id)
         devices = cluster.commit(kernel_id, record.replica_id, now)
         idx.update(host_id)
-        self._dequeue(kernel_id)
+        self.dequeue(kernel_id)
         return Run(record.replica_id, host_id, devices)
 
     def cell_finished(self, cluster: Cluster, kernel_id: str, now: float) -> None:
@@ -68,4 +68,4 @@ class BatchPolicy(IndexedPolicy):
             host_id = kernel.replicas[replica_id].host_id
             cluster.remove_replica(kernel_id, replica_id, now)  # releases the GPUs
             self.index(cluster).update(host_id)
-        self._dequeue(kernel_id)
+        self.dequeue(kernel_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from traitlets import Enum, Int
+from traitlets import Enum, Float, Int
 
 from ..cluster import AccountingError, Cluster, KernelRecord
 from ..policy import Decision, Migrate, Run, ScaleOut
@@ -36,6 +36,10 @@ class NotebookOSPolicy(IndexedPolicy):
 
     name = "notebookos"
     replicas_per_kernel = Int(3, help="Replicas per kernel, each on a distinct host.").tag(config=True)
+    max_subscription_ratio = Float(
+        7.0, help="Most GPUs that replicas placed on a host may request, as a multiple of its GPUs (NotebookOS "
+        "uses 7: a host of 8 GPUs takes replicas requesting up to 56). The scheduler's GPU subscription cap: "
+        "--NotebookOSPolicy.max_subscription_ratio=N.").tag(config=True)
     placement = Enum(("spread", "pack"), "spread", help="Where replicas go: 'spread' to the least subscribed "
                      "hosts (more free GPUs where a kernel's replicas are), 'pack' to the most subscribed ones that "
                      "still fit under the cap (hosts empty sooner and scale in).").tag(config=True)
@@ -72,6 +76,9 @@ class NotebookOSPolicy(IndexedPolicy):
             return 0
         return need - len(self._candidates(cluster, kernel, need))
 
+    def no_room(self, cluster: Cluster, kernel_id: str) -> str:
+        return f"{super().no_room(cluster, kernel_id)}, oversubscription {self.max_subscription_ratio:g}"
+
     # -- cells -----------------------------------------------------------------------------------------------
     def executor_order(self, cluster: Cluster, kernel_id: str) -> list[int]:
         """Replica ids in the order they are tried: last executor, then by most free GPUs (then by id)."""
@@ -100,7 +107,7 @@ class NotebookOSPolicy(IndexedPolicy):
                 continue
             devices = cluster.commit(kernel_id, rid, now)
             idx.update(host.id)
-            self._dequeue(kernel_id)
+            self.dequeue(kernel_id)
             return Run(rid, host.id, devices)
 
         if kernel.replicas:
@@ -123,7 +130,7 @@ class NotebookOSPolicy(IndexedPolicy):
 
         if len(hosts) < self.max_hosts:
             return ScaleOut(self.host_gpus)
-        return self._queue(cluster, kernel_id)
+        return self._queue(cluster, kernel_id, now)
 
     def cell_finished(self, cluster: Cluster, kernel_id: str, now: float) -> None:
         kernel = cluster.kernels[kernel_id]
@@ -131,4 +138,4 @@ class NotebookOSPolicy(IndexedPolicy):
             host_id = kernel.replicas[kernel.running[0]].host_id
             cluster.release(kernel_id, now)
             self.index(cluster).update(host_id)
-        self._dequeue(kernel_id)
+        self.dequeue(kernel_id)

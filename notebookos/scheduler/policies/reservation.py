@@ -22,7 +22,7 @@ class ReservationPolicy(IndexedPolicy):
     - **Cells** (``schedule_cell``): :class:`Run` at once with the reserved devices (cells never wait once the
       session is placed). ``cell_finished`` does not release anything; removing the kernel
       (``cluster.remove_kernel``) does.
-    - No oversubscription (``max_subscription_ratio`` is not used: a reserved GPU belongs to one session).
+    - No oversubscription and no subscription cap: a reserved GPU belongs to one session.
     - ``schedule_cell`` for a kernel not placed yet tries to place it, then answers :class:`ScaleOut` (fewer than
       ``max_hosts`` hosts) or :class:`Queue`.
 
@@ -55,14 +55,14 @@ class ReservationPolicy(IndexedPolicy):
         if kernel.running is None and self.place(cluster, kernel_id, now) is None:
             if len(cluster.hosts) < self.max_hosts:
                 return ScaleOut(self.host_gpus)
-            return self._queue(cluster, kernel_id)
+            return self._queue(cluster, kernel_id, now)
         replica_id, devices = kernel.running
         kernel.last_executor = replica_id
         kernel.last_active = now
-        self._dequeue(kernel_id)
+        self.dequeue(kernel_id)
         return Run(replica_id, kernel.replicas[replica_id].host_id, devices)
 
     def cell_finished(self, cluster: Cluster, kernel_id: str, now: float) -> None:
         """The GPUs stay reserved: only note the activity."""
         cluster.kernels[kernel_id].last_active = now
-        self._dequeue(kernel_id)
+        self.dequeue(kernel_id)

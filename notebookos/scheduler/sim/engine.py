@@ -11,16 +11,18 @@ The cluster model (:class:`SimConfig`):
   never goes below ``min_hosts`` (default: ``initial_hosts``) and scale-out never above ``max_hosts``.
 - A session's kernel is placed when it starts (``policy.place``); when placement succeeds, its replicas take
   ``replica_start`` seconds to start (a cell submitted before then waits). When it fails the session waits for
-  capacity: the simulator starts as many hosts as the policy says it needs (``policy.hosts_needed`` when the
-  policy has it, else one; for a policy that reserves GPUs at placement, enough GPUs on one host, as for cells).
+  capacity: the simulator starts as many hosts as the policy says it needs (``policy.hosts_needed``, one by
+  default; for a policy that reserves GPUs at placement, enough GPUs on one host, as for cells).
 - A cell is scheduled when it is submitted (and its kernel is ready and idle): :class:`Run` starts it (after the
-  policy's ``process_start_seconds``, if it has that attribute: the batch policy's fresh process) and it holds its
+  policy's ``process_start_seconds``: the batch policy's fresh process) and it holds its
   GPUs until it finishes; :class:`Migrate` moves the replica (placed on the new host, removed from the old) and
   asks again after ``migration_cost`` seconds; :class:`ScaleOut` starts a host that comes online after
   ``scale_out_delay`` seconds (cells needing GPUs are promised the spare GPUs of hosts already starting before
-  another host is started, and nothing starts past ``max_hosts``), and the cell waits; :class:`Queue` waits. Waiting
-  cells are asked again, oldest first, whenever GPUs are released, a host comes online or goes away, or a session
-  ends.
+  another host is started, and nothing starts past ``max_hosts``: the live scheduler's accounting,
+  :class:`~notebookos.scheduler.cluster.Growth`), and the cell waits; :class:`Queue` waits. Either way the kernel is
+  in the policy's waiting queue, as in the live scheduler (so the batch policy's first come, first served covers
+  cells waiting for a scale-out too). Waiting cells are asked again, first in line first, whenever GPUs are
+  released, a host comes online or goes away, or a session ends.
 - A host with no replicas for ``scale_in_delay`` seconds is removed (the rule of
   ``SchedulerPolicy.idle_hosts``, which is called instead when a policy overrides it).
 
@@ -43,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cluster import AccountingError, Cluster, Host, ResourceRequest
+from ..cluster import AccountingError, Cluster, Growth, Host, PendingHost, ResourceRequest
 from ..policy import Migrate, Queue, Run, ScaleOut, SchedulerPolicy
 from .traces import Session
 
@@ -101,19 +103,11 @@ class SimResult:
     events: list[tuple] = field(repr=False, default_factory=list)
 
 
-class _Pending:
-    __slots__ = ("id", "unpromised")
-
-    def __init__(self, host_id: str, gpus: int) -> None:
-        self.id = host_id
-        self.unpromised = gpus
-
-
 class _S:
     """A session's state during the run."""
 
     __slots__ = ("sess", "kid", "gpus", "ready", "busy", "backlog", "next_cell", "cur", "clock", "prev_end",
-                 "bound", "promise", "done", "ended", "logged_wait", "stop_due")
+                 "bound", "done", "ended", "logged_wait", "stop_due")
 
     def __init__(self, sess: Session, gpus: int) -> None:
         self.sess = sess
@@ -127,7 +121,6 @@ class _S:
         self.clock = 0.0
         self.prev_end = -math.inf
         self.bound = 0
-        self.promise: _Pending | None = None
         self.done = 0
         self.ended = False
         self.logged_wait = False
@@ -156,13 +149,15 @@ class Simulation:
         self._log: list[tuple] = []
         self._nlog = 0
         self._host_seq = 0
-        self._pending: list[_Pending] = []
-        self._waiting_cells: dict[_S, None] = {}
+        #: scale-out accounting, shared with the live scheduler (``cluster.Growth``)
+        self.growth = Growth(self.config.max_hosts)
+        #: sessions by kernel id; the cells that wait are the policy's queue (``policy.waiting``), as live
+        self._by_kid: dict[str, _S] = {}
         self._waiting_place: dict[_S, None] = {}
         self._check_pending: set[str] = set()
         self._floored: dict[str, None] = {}
         self._delays: list[float] = []
-        self.migrations = self.scale_outs = self.scale_ins = 0
+        self.migrations = self.scale_ins = 0
         self.clipped = 0
         self.peak_hosts = 0
         # gauges and their integrals
@@ -171,14 +166,9 @@ class Simulation:
         self._t = 0.0
         self._timeline: list[list[float]] = []
         self._left = 0
-        # what the policy offers beyond the SchedulerPolicy interface
-        self._refresh = getattr(policy, "refresh", None)
-        self._withdraw = getattr(policy, "withdraw", None)
-        self._hosts_needed = getattr(policy, "hosts_needed", None)
-        self._max_free = getattr(policy, "max_free_gpus", None)
-        self._reserves = bool(getattr(policy, "reserves_at_placement", False))
-        self._strict_fifo = bool(getattr(policy, "strict_fifo", False))
-        self._overhead = float(getattr(policy, "process_start_seconds", 0.0) or 0.0)
+        self._reserves = policy.reserves_at_placement
+        self._strict_fifo = policy.strict_fifo
+        self._overhead = float(policy.process_start_seconds or 0.0)
         self._custom_idle = type(policy).idle_hosts is not SchedulerPolicy.idle_hosts
         self._bar = None
 
@@ -194,8 +184,7 @@ class Simulation:
             self._log.append((self.now, event, s.kid if s is not None else "", cell, host, gpus, delay, info))
 
     def _touch(self, host_ids) -> None:
-        if self._refresh is not None:
-            self._refresh(self.cluster, host_ids)
+        self.policy.refresh(self.cluster, host_ids)
 
     def _mark(self) -> None:
         """Record the gauges (after they may have changed at ``now``)."""
@@ -229,38 +218,25 @@ class Simulation:
         self._touch([host_id])
         self._idle_watch(host_id)
 
-    def _start_scale_out(self) -> _Pending | None:
-        if len(self.cluster.hosts) + len(self._pending) >= self.config.max_hosts:
-            return None
-        p = _Pending(self._new_host_id(), self.config.host_gpus)
-        self._pending.append(p)
-        self.scale_outs += 1
-        self._emit("scale_out", host=p.id, gpus=p.unpromised)
+    def _started(self, p: PendingHost) -> None:
+        """A scale-out started: ``p`` comes online after ``scale_out_delay``."""
+        self._emit("scale_out", host=p.id, gpus=p.gpus)
         self._push(self.now + self.config.scale_out_delay, _ONLINE, p)
-        return p
 
     def _request_gpus(self, s: _S) -> None:
         """``s`` needs ``s.gpus`` free GPUs on one host: a promise on a starting host, or a new host."""
-        if s.promise is not None:
-            return
-        for p in self._pending:
-            if p.unpromised >= s.gpus:
-                p.unpromised -= s.gpus
-                s.promise = p
-                return
-        p = self._start_scale_out()
-        if p is not None:
-            p.unpromised -= s.gpus
-            s.promise = p
+        p, started = self.growth.promise(s.kid, s.gpus, len(self.cluster.hosts), self.config.host_gpus,
+                                         self._new_host_id)
+        if started:
+            self._started(p)
 
     def _request_hosts_for_placement(self, s: _S) -> None:
         if self._reserves:
             self._request_gpus(s)
             return
-        need = self._hosts_needed(self.cluster, s.kid) if self._hosts_needed is not None else 1
-        for _ in range(max(0, need - len(self._pending))):
-            if self._start_scale_out() is None:
-                break
+        need = self.policy.hosts_needed(self.cluster, s.kid)
+        for _ in range(self.growth.hosts_to_start(len(self.cluster.hosts), need)):
+            self._started(self.growth.start(len(self.cluster.hosts), self.config.host_gpus, self._new_host_id()))
 
     def _idle_watch(self, host_id: str) -> None:
         host = self.cluster.hosts.get(host_id)
@@ -294,17 +270,11 @@ class Simulation:
         self._retry_cells()
         self._retry_placements()
 
-    def _on_online(self, p: _Pending) -> None:
-        self._pending.remove(p)
+    def _on_online(self, p: PendingHost) -> None:
+        self.growth.arrived(p)  # its promises end: whoever still waits asks again
         self._add_host(p.id)
         self._emit("host_online", host=p.id, gpus=self.config.host_gpus)
         self._mark()
-        for s in self._waiting_cells:
-            if s.promise is p:
-                s.promise = None
-        for s in self._waiting_place:
-            if s.promise is p:
-                s.promise = None
         for host_id in list(self._floored):
             del self._floored[host_id]
             self._idle_watch(host_id)
@@ -335,7 +305,7 @@ class Simulation:
             self._request_hosts_for_placement(s)
             return False
         self._waiting_place.pop(s, None)
-        s.promise = None
+        self.growth.forget(s.kid)
         s.logged_wait = False
         if kernel.running is not None:  # reserved at placement
             self._reserved += len(kernel.running[1])
@@ -380,8 +350,8 @@ class Simulation:
         d = self.policy.schedule_cell(cluster, s.kid, self.now)
         kind = type(d)
         if kind is Run:
-            self._waiting_cells.pop(s, None)
-            s.promise = None
+            self.policy.dequeue(s.kid)
+            self.growth.forget(s.kid)
             if not had and kernel.running is not None:
                 self._reserved += len(kernel.running[1])
             start = self.now + self._overhead
@@ -393,7 +363,7 @@ class Simulation:
             self._emit("cell_start", s, s.cur, d.host_id, s.bound, delay, f"replica={d.replica_id}")
             self._push(start + s.sess.cells[s.cur].duration, _END_CELL, s)
         elif kind is Migrate:
-            self._waiting_cells.pop(s, None)
+            self.policy.dequeue(s.kid)
             old = kernel.replicas[d.replica_id].host_id
             new = cluster.place_replica(s.kid, d.to_host)
             cluster.remove_replica(s.kid, d.replica_id, self.now)
@@ -404,13 +374,13 @@ class Simulation:
             self._idle_watch(old)
             self._push(self.now + self.config.migration_cost, _RETRY, s)
         elif kind is ScaleOut:
-            self._waiting_cells.setdefault(s)
+            self.policy.enqueue(cluster, s.kid, self.now)
             if not s.logged_wait:
                 s.logged_wait = True
                 self._emit("cell_wait", s, s.cur, "", s.gpus, "", "scale_out")
             self._request_gpus(s)
         elif kind is Queue:
-            self._waiting_cells.setdefault(s)
+            self.policy.enqueue(cluster, s.kid, self.now)
             if not s.logged_wait:
                 s.logged_wait = True
                 self._emit("cell_wait", s, s.cur, "", s.gpus, "", f"queue position={d.position}")
@@ -467,9 +437,7 @@ class Simulation:
         s.ended = True
         cluster = self.cluster
         self._waiting_place.pop(s, None)
-        self._waiting_cells.pop(s, None)
-        if self._withdraw is not None:
-            self._withdraw(cluster, s.kid)
+        self.policy.withdraw(cluster, s.kid)
         kernel = cluster.kernels[s.kid]
         hosts = [r.host_id for r in kernel.replicas.values()]
         if kernel.running is not None:
@@ -489,17 +457,17 @@ class Simulation:
 
     # -- waiting ---------------------------------------------------------------------------------------------
     def _max_free_gpus(self) -> int:
-        if self._max_free is not None:
-            return self._max_free(self.cluster)
-        return max((h.gpus - len(h.committed) for h in self.cluster.hosts.values()), default=0)
+        return self.policy.max_free_gpus(self.cluster)
 
     def _retry_cells(self) -> None:
-        if not self._waiting_cells:
+        policy = self.policy
+        if not policy.waiting:
             return
         room = self._max_free_gpus()
-        for s in list(self._waiting_cells):
-            if s not in self._waiting_cells:
+        for kid in policy.waiting:
+            if policy.waiting_since(kid) is None:
                 continue
+            s = self._by_kid[kid]
             if s.gpus > room:
                 if self._strict_fifo:
                     break
@@ -541,9 +509,7 @@ class Simulation:
             raise AccountingError(f"{total} GPUs committed in the cluster, the simulator counted {self._reserved}")
         if self._running < 0 or self._running > total:
             raise AccountingError(f"{self._running} GPUs bound to running cells, {total} committed")
-        idx = getattr(self.policy, "_index", None)
-        if idx is not None and idx.cluster is cluster and not idx.is_exact():
-            raise AssertionError("the policy's host index is out of date")
+        self.policy.check(cluster)
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
@@ -555,6 +521,7 @@ class Simulation:
                 self.clipped += 1
                 gpus = cfg.host_gpus
             states.append(_S(sess, gpus))
+            self._by_kid[sess.id] = states[-1]
         self._left = len(states)
         t0 = min((s.sess.start for s in states), default=0.0)
         self.now = self._t = t0
@@ -576,9 +543,7 @@ class Simulation:
         pop = heapq.heappop
         check = self.check
         policy = self.policy
-        verify = getattr(policy, "verify_misses", None)
-        if verify is not None:
-            policy.verify_misses = False  # every change below is reported through refresh()
+        trusted = policy.trust_refresh(True)  # every change below is reported through refresh()
         try:
             while heap and self._left:
                 t, _, kind, obj = pop(heap)
@@ -589,8 +554,7 @@ class Simulation:
                 if check:
                     self._check_invariants()
         finally:
-            if verify is not None:
-                policy.verify_misses = verify
+            policy.trust_refresh(trusted)
             if self._bar is not None:
                 self._bar.close()
         # all sessions ended at self.now (or, if some can never run, nothing more can happen after it)
@@ -619,7 +583,7 @@ class Simulation:
             "immediate_start_fraction": (float((delays <= self.config.immediate_threshold).mean())
                                          if len(delays) else None),
             "migrations": self.migrations,
-            "scale_outs": self.scale_outs,
+            "scale_outs": self.growth.started,
             "scale_ins": self.scale_ins,
             "events": self._nlog,
             "wall_seconds": wall,

@@ -267,8 +267,8 @@ class FakeLauncher(ReplicaLauncher):
 
 class FakeScheduler:
     """The scheduler's REST endpoints the front calls for one kernel, answering at once (``/finished`` after
-    ``finished_delay``). ``choose``: the replica of each cell in turn; then the last one while alive, else the
-    lowest live id."""
+    ``finished_delay``). ``choose``: the answers to ``/execute`` in turn, a replica id to run the cell on or
+    ``("migrate", replica id)``; then the last executor while alive, else the lowest live id."""
 
     def __init__(self, replica_ids: list[int], choose: list[int] | None = None, finished_delay: float = 0.0):
         self.alive = set(replica_ids)
@@ -298,6 +298,11 @@ class FakeScheduler:
                 if fake.running is not None:
                     fake.overlaps += 1
                 scripted = fake.choose.pop(0) if fake.choose else None
+                if isinstance(scripted, tuple):  # ("migrate", replica id)
+                    fake.calls.append((time.monotonic(), "migrate", scripted[1]))
+                    self.done({"action": "migrate", "replica_id": scripted[1], "to_host": "elsewhere",
+                               "to_host_url": "http://127.0.0.1:9"})
+                    return
                 rid = scripted or (fake.last if fake.last in fake.alive else min(fake.alive))
                 fake.running = fake.last = rid
                 fake.calls.append((time.monotonic(), "execute", rid))

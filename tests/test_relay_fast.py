@@ -142,6 +142,23 @@ async def test_interrupt_goes_to_the_running_executor_even_when_it_is_no_longer_
     assert (await h.reply(cell))["content"]["ename"] == "KeyboardInterrupt"
 
 
+@harness_test(cluster=True, choose=[("migrate", 1), 4])
+async def test_a_migration_moves_the_replica_then_the_cell_runs_where_the_scheduler_says(h):
+    cell = h.execute("print moved")
+    reply = await h.reply(cell)
+    assert (reply["content"]["status"], reply["metadata"]["notebookos"]["replica"]) == ("ok", 4)
+    await h.idle(cell)
+    texts = [m["content"]["text"] for m in h.iopub(cell) if m["msg_type"] == "stream"]
+    assert texts[0].startswith("notebookos: moving replica 1 to host elsewhere") and texts[1:] == ["moved\n"]
+    assert sorted(r.id for r in h.supervisor.live) == [2, 3, 4]
+    assert h.replica(1).exit_code == -15 and h.replica(1).leads == []
+    # The planned exit is no loss: nothing reported lost, nothing replaced; the scheduler heard of the move.
+    await asyncio.sleep(0.03)
+    assert [(w, d) for _, w, d in h.scheduler.calls if w in ("lost", "placement", "replicas")] == [
+        ("replicas", {"old_replica_id": 1, "new_replica_id": 4, "host_id": "elsewhere"})]
+    assert sorted(h.group.replicas) == [1, 2, 3, 4]
+
+
 @harness_test(cluster=True, choose=[2])
 async def test_input_goes_to_the_replica_that_asked(h):
     cell = h.execute("input name?; print done")

@@ -111,6 +111,7 @@ class FakeReplica:
         self.leads: list[str] = []  # msg_ids of the cells it was told to run
         self.yielded: list[str] = []
         self.die_on: set[str] = set()  # request types on whose receipt this replica dies without answering
+        self.die_after_reply = False  # dies after its next execute_reply, before the cell's idle status
         self.tasks = [asyncio.ensure_future(self._serve(ch)) for ch in ("shell", "control", "stdin")]
         self.tasks.append(asyncio.ensure_future(self._subscriptions()))
 
@@ -238,6 +239,10 @@ class FakeReplica:
             meta = {protocol.META_KEY: {"role": protocol.ROLE_LEAD, "replica": self.id, "seq": group.seq}}
             group.log.append((time.monotonic(), "reply", self.id, msg_id))
             await self.send("shell", "execute_reply", content, msg, idents, metadata=meta)
+            if self.die_after_reply:
+                await asyncio.sleep(0.005)
+                self.die()
+                return
             await self.send("iopub", "status", {"execution_state": "idle"}, msg)
         finally:
             group.running.discard(msg_id)

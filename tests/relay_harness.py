@@ -9,10 +9,11 @@ What is fake, and why that is allowed: the relay's routing is under test, not ip
 policies (the slow end-to-end tests cover those with real processes).
 
 - :class:`FakeReplica` speaks the replica side of the protocol the relay expects, on real ZeroMQ sockets where
-  ``Supervisor._connect`` connects (ROUTER shell/control, XPUB iopub): busy/idle on iopub with a
-  ``kernel.<id>.<type>`` topic, an ``execute_reply`` with ``notebookos`` metadata ``{role, replica, seq}``, answers
-  to ``notebookos_status_request`` and ``notebookos_membership_request``; ``role: yield`` notices are dropped, as
-  replicas do. A cell's code is a little script (:func:`commands`), e.g. ``"print hi; sleep 20; error ValueError"``
+  ``Supervisor._connect`` connects (ROUTER shell/control/stdin, XPUB iopub): busy/idle on iopub with a
+  ``kernel.<id>.<type>`` topic around every request, the front's own ones too (as ipykernel's control dispatch
+  does), an ``execute_reply`` with ``notebookos`` metadata ``{role, replica, seq}``, answers to
+  ``notebookos_status_request`` and ``notebookos_membership_request`` (always ``ok``: there is no Raft);
+  ``role: yield`` notices are dropped, as replicas do. A cell's code is a little script (:func:`commands`), e.g. ``"print hi; sleep 20; error ValueError"``
   or ``"@1 die"`` (only replica 1 dies, on receipt). Every lead a fake replica receives runs at once, in its own
   task: a relay that dispatched a cell before the previous one replied shows up as overlapping cells
   (:attr:`FakeGroup.overlaps`) instead of being hidden by an ipykernel-like queue.
@@ -21,7 +22,10 @@ policies (the slow end-to-end tests cover those with real processes).
 - :class:`FakeScheduler` is a tornado app on 127.0.0.1 with the endpoints the front uses (``/execute``,
   ``/finished``, ``/replicas``, ``/placement``, ``/lease``). It records every call with its time and counts a
   second ``/execute`` of the kernel before the first cell's ``/finished`` as an overlap; ``finished_delay`` makes
-  ``/finished`` slow, and ``choose`` scripts which replica runs each cell.
+  ``/finished`` slow, and ``choose`` scripts which replica runs each cell (or which one migrates first).
+
+Not modelled: Raft itself (commits, a failed commit's QuorumLost/ReplicaDiverged and the retirement that follows,
+leadership), a migration that fails and is rolled back, per-cell replicas (percell.py).
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ class FakeReplica:
         self.answers: asyncio.Queue[str] = asyncio.Queue()  # input_reply values
         self.received: list[tuple[str, str, str]] = []  # (channel, msg_type, msg_id) of every request
         self.leads: list[str] = []  # msg_ids of the cells it was told to run
+        self.lead_meta: dict[str, dict[str, Any]] = {}  # their ``notebookos`` metadata (after_seq, fresh, ...)
         self.yielded: list[str] = []
         self.die_on: set[str] = set()  # request types on whose receipt this replica dies without answering
         self.die_after_reply = False  # dies after its next execute_reply, before the cell's idle status
@@ -188,6 +193,7 @@ class FakeReplica:
     async def _run_cell(self, idents: list[bytes], msg: dict[str, Any]) -> None:
         group, msg_id, code = self.group, msg["header"]["msg_id"], msg["content"]["code"]
         self.leads.append(msg_id)
+        self.lead_meta[msg_id] = msg["metadata"][protocol.META_KEY]
         group.log.append((time.monotonic(), "lead", self.id, msg_id))
         if group.running:
             group.overlaps += 1

@@ -38,6 +38,7 @@ async def test_run_all_aborts_the_queue_after_an_error_and_runs_again(h, cluster
         assert states(h, msg_id) == ["busy", "idle"]
         assert h.everywhere(msg_id) == []
     assert h.replica(1).leads == ids[:5]
+    assert h.replica(2).yielded == h.replica(3).yielded == ids[:5]  # the others are told they yield
     # The abort ends with the queue it emptied: a new Run All runs everything.
     again = [h.execute(code) for i, code in enumerate(CELLS) if i != 4]
     assert [r["status"] for r in await h.replies(again)] == ["ok"] * 9
@@ -65,6 +66,8 @@ async def test_a_cell_is_dispatched_only_after_the_previous_reply(h):
     assert [m for _, m in leads] == ids
     for (_, previous), (sent, _) in pairwise(leads):
         assert sent >= replies[previous]
+    # Each lead carries the last sequence number the front saw committed (the previous cell's).
+    assert [h.replica(1).lead_meta[m]["after_seq"] for m in ids] == [0, 1, 2, 3, 4]
 
 
 DELAY = 0.1
@@ -178,6 +181,8 @@ async def test_a_cell_whose_executor_dies_before_starting_it_runs_elsewhere(h, c
     assert reply["content"]["status"] == "ok"
     assert reply["metadata"]["notebookos"]["replica"] == 2
     assert cell in h.replica(1).leads and cell in h.replica(2).leads
+    # The new executor is told it is one (``fresh``: it passes a Raft barrier before running the cell).
+    assert (h.replica(1).lead_meta[cell]["fresh"], h.replica(2).lead_meta[cell]["fresh"]) == (False, True)
     # Its output is the new executor's only, once.
     await h.idle(cell)
     assert [m["content"]["text"] for m in h.iopub(cell) if m["msg_type"] == "stream"] == ["ran\n"]

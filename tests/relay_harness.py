@@ -49,13 +49,14 @@ import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.session import Session
 
+from notebookos.common.client import SchedulerClient
+from notebookos.common.replicas import free_ports
 from notebookos.kernel import protocol
 from notebookos.kernel.front.cluster import SchedulerExecutorPolicy
 from notebookos.kernel.front.executor import LastExecutorPolicy
-from notebookos.kernel.front.launchers import Launched, LaunchSpec, ReplicaLauncher, free_ports
+from notebookos.kernel.front.launchers import Launched, LaunchSpec, ReplicaLauncher
 from notebookos.kernel.front.relay import Relay
 from notebookos.kernel.front.supervisor import Supervisor
-from notebookos.scheduler.client import SchedulerClient
 
 CLIENT_KEY = "client-key"
 NO_REPLY = {"comm_open", "comm_msg", "comm_close"}  # requests a kernel answers on iopub only
@@ -255,7 +256,7 @@ class FakeReplica:
 
 
 class FakeLauncher(ReplicaLauncher):
-    """Launches :class:`FakeReplica` s in this event loop; ``exit_code`` is the fake's own."""
+    """Launches :class:`FakeReplica` s in this event loop; ``poll`` answers the fake's own exit code."""
 
     def __init__(self, context: zmq.asyncio.Context, group: FakeGroup):
         self.context = context
@@ -266,7 +267,7 @@ class FakeLauncher(ReplicaLauncher):
         self.group.replicas[spec.replica_id] = replica
         return Launched(None, spec.connection["ip"], {"replica": replica})
 
-    def exit_code(self, launched: Launched) -> int | None:
+    async def poll(self, launched: Launched) -> int | None:
         return launched.state["replica"].exit_code
 
     async def terminate(self, launched: Launched) -> None:

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
+from notebookos.common.client import SchedulerClient
 from notebookos.kernel.front.cluster import HostdLauncher, SchedulerExecutorPolicy
-from notebookos.scheduler.client import SchedulerClient
 
 from .conftest import Kernel, stream_text
 from .test_cluster import _collect, _up

@@ -370,7 +370,7 @@ def test_place_execute_queue_release(cluster):
 
 
 def test_async_client(cluster):
-    from notebookos.scheduler.client import SchedulerClient, SchedulerError
+    from notebookos.common.client import SchedulerClient, SchedulerError
 
     url, _, _ = cluster
 

@@ -7,6 +7,8 @@ Raft barrier before running (it may not have applied a cell whose reply the fron
 with ``{"replica": id, "seq": int}`` under the same key in the ``execute_reply`` metadata.
 """
 
+from ..common.secrets import RAFT_SECRET_ENV  # noqa: F401 - the replicas' environment is part of the protocol
+
 META_KEY = "notebookos"
 
 ROLE_LEAD = "lead"
@@ -22,6 +24,3 @@ MEMBERSHIP_REQUEST = "notebookos_membership_request"
 MEMBERSHIP_REPLY = "notebookos_membership_reply"
 DIGEST_REQUEST = "notebookos_digest_request"
 DIGEST_REPLY = "notebookos_digest_reply"
-
-# Environment variable carrying the kernel's Raft secret to replicas (never on the command line: ps shows argv).
-RAFT_SECRET_ENV = "NOTEBOOKOS_RAFT_SECRET"

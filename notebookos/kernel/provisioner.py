@@ -21,7 +21,7 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import TraitError
 
-from ..scheduler.http import write_private_json
+from ..common.secrets import write_private_json
 from .front.options import check_options
 from .scratch import default_store_dir
 

@@ -57,13 +57,13 @@ from tornado.netutil import bind_sockets
 from traitlets import Bool, Float, Int, Unicode, default
 from traitlets.config import Application
 
-from ..kernel.front.launchers import free_ports, replica_command
+from ..common.replicas import free_ports, replica_command
+from ..common.secrets import RAFT_SECRET_ENV, SCHEDULER_TOKEN_ENV, write_private_json
 from ..parentdeath import kill_with_parent
 from .gpus import GPUInfo, discover_gpus
 from .hostobjects import HostObjects
 from .hostobjects import routes as object_routes
 from .http import (
-    SCHEDULER_TOKEN_ENV,
     APIError,
     JSONHandler,
     NotFoundHandler,
@@ -75,7 +75,6 @@ from .http import (
 )
 from .prewarm_pool import PrewarmPool, pool_env
 
-RAFT_SECRET_ENV = "NOTEBOOKOS_RAFT_SECRET"  # notebookos.kernel.protocol.RAFT_SECRET_ENV
 KERNEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
@@ -265,7 +264,6 @@ class HostDaemon(Application):
         self.log.info("host daemon %s at %s: %d GPU(s) (%s)", self.host_id, self.url, len(self.gpus),
                       "virtual" if any(g.virtual for g in self.gpus) or not self.gpus else "NVML")
         if self.info_file:
-            from .http import write_private_json
 
             write_private_json(self.info_file, {"url": self.url, "host_id": self.host_id, "pid": os.getpid()})
         return self.url
@@ -296,7 +294,7 @@ class HostDaemon(Application):
 
     async def register(self) -> None:
         """Register with the scheduler, retrying while it cannot be reached (it may still be starting)."""
-        from .client import SchedulerClient, SchedulerError
+        from ..common.client import SchedulerClient, SchedulerError
 
         client = SchedulerClient(self.scheduler_url, self.token, timeout=10.0)
         deadline = time.monotonic() + self.register_timeout
@@ -334,7 +332,7 @@ class HostDaemon(Application):
     async def heartbeat_loop(self) -> None:
         """Tell the scheduler this host is alive; register again if it has forgotten us (it restarted, or took us
         for dead while we were unreachable)."""
-        from .client import SchedulerClient, SchedulerError
+        from ..common.client import SchedulerClient, SchedulerError
 
         client = SchedulerClient(self.scheduler_url, self.token, timeout=max(self.heartbeat_interval, 1.0))
         path = f"/api/hosts/{quote(self.host_id, safe='')}/heartbeat"
@@ -355,7 +353,7 @@ class HostDaemon(Application):
     async def deregister(self) -> None:
         if not self.registered:
             return
-        from .client import SchedulerClient, SchedulerError
+        from ..common.client import SchedulerClient, SchedulerError
 
         try:
             await SchedulerClient(self.scheduler_url, self.token, timeout=5.0).request(

@@ -111,7 +111,7 @@ class HostObjects:
             gone = await LocalDirectoryStore(store.root).delete_many([check_digest(d) for d in digests])
         if not spread:
             return gone
-        from .client import SchedulerClient
+        from ..common.client import SchedulerClient
 
         hosts = await SchedulerClient(self.daemon.scheduler_url, self.daemon.token).hosts()
         client = AsyncHTTPClient()
@@ -141,7 +141,7 @@ class HostObjects:
         final = self.path(kernel_id, digest)
         if final.is_file():
             return ""
-        from .client import SchedulerClient
+        from ..common.client import SchedulerClient
 
         hosts = await SchedulerClient(self.daemon.scheduler_url, self.daemon.token).hosts()
         store = LocalDirectoryStore(final.parent.parent, verify=True)

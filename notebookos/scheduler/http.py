@@ -15,17 +15,9 @@ import hashlib
 import hmac
 import json
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 from tornado import web
-
-#: Environment variables the kernel side reads to find the scheduler (``notebookos up`` sets them for JupyterLab).
-SCHEDULER_URL_ENV = "NOTEBOOKOS_SCHEDULER_URL"
-SCHEDULER_TOKEN_ENV = "NOTEBOOKOS_SCHEDULER_TOKEN"
-#: A file (mode 0600) holding the token, for processes that must not keep it in an environment user code inherits.
-SCHEDULER_TOKEN_FILE_ENV = "NOTEBOOKOS_SCHEDULER_TOKEN_FILE"
 
 #: Largest request body read (after the token check); larger ones get 413.
 MAX_BODY_BYTES = 8 << 20
@@ -74,14 +66,6 @@ def kernel_of(key: str, token: str | None) -> str | None:
     except (IndexError, ValueError):
         return None
     return kernel_id if same_token(token, kernel_token(key, kernel_id)) else None
-
-
-def read_secret(path: str | os.PathLike) -> str:
-    """A token from a file only this user may read; refuses a file others can read (say so, and how to fix it)."""
-    mode = os.stat(path).st_mode
-    if mode & 0o077:
-        raise ValueError(f"{path} is readable by other users (mode {mode & 0o777:o}): chmod 600 it")
-    return Path(path).read_text().strip()
 
 
 @web.stream_request_body
@@ -211,13 +195,3 @@ def req_dict(body: dict, key: str, where: str | None = None, required: bool = Tr
     if not isinstance(value, dict):
         raise APIError(400, f"field {where!r} must be a JSON object, got {type(value).__name__}")
     return value
-
-
-def write_private_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Write JSON readable by this user only, atomically (a reader never sees a partial file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)

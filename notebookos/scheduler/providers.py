@@ -70,7 +70,7 @@ class HostProvider(LoggingConfigurable, metaclass=_ProviderMeta):
         cluster = getattr(self.parent, "cluster", None)
         if cluster is not None:  # running inside the scheduler: look, do not ask over HTTP
             return host_id in cluster.hosts
-        from .client import SchedulerClient, SchedulerError
+        from ..common.client import SchedulerClient, SchedulerError
 
         try:
             await SchedulerClient(self.scheduler_url, self.token).host(host_id)

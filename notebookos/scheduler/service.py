@@ -72,11 +72,10 @@ from tornado.netutil import bind_sockets
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from traitlets.config import Application
 
+from ..common.secrets import SCHEDULER_TOKEN_ENV, write_private_json
 from .cluster import ResourceRequest
 from .core import Chores, PendingHost, SchedulerCore
-from .http import (  # noqa: F401 - the env names and write_private_json are part of this module's API too
-    SCHEDULER_TOKEN_ENV,
-    SCHEDULER_URL_ENV,
+from .http import (
     APIError,
     JSONHandler,
     NotFoundHandler,
@@ -87,7 +86,6 @@ from .http import (  # noqa: F401 - the env names and write_private_json are par
     req_num,
     req_str,
     same_token,
-    write_private_json,
 )
 from .policies.batch import BatchPolicy
 from .policies.notebookos import NotebookOSPolicy
@@ -576,7 +574,7 @@ class SchedulerService(Application):
     async def _forget_objects(self, kernel_id: str) -> None:
         """Tell every host the kernel ended, so each drops its copy of the kernel's object store (hostobjects.py:
         a host keeps it past the kernel's last replica there). Hosts without per-host stores answer 404."""
-        from .client import HostClient, SchedulerError
+        from ..common.client import HostClient, SchedulerError
 
         token = kernel_token(self.kernel_token_key, kernel_id)
         for url in list(self.core.host_urls.values()):
@@ -589,7 +587,7 @@ class SchedulerService(Application):
                 self.log.warning("kernel %s ended: host %s could not drop its objects: %s", kernel_id, url, exc)
 
     async def _stop_replicas(self, kernel_id: str, targets: list[tuple[str | None, int]]) -> None:
-        from .client import HostClient, SchedulerError
+        from ..common.client import HostClient, SchedulerError
 
         for url, replica_id in targets:
             if not url:

@@ -32,8 +32,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ..common.secrets import (
+    SCHEDULER_TOKEN_ENV,
+    SCHEDULER_TOKEN_FILE_ENV,
+    SCHEDULER_URL_ENV,
+    write_private_json,
+)
 from ..parentdeath import term_with_parent
-from .http import SCHEDULER_TOKEN_ENV, SCHEDULER_TOKEN_FILE_ENV, SCHEDULER_URL_ENV, write_private_json
 
 #: A host daemon that died is restarted at most this many times within the window, then left down.
 HOST_RESTARTS = 5

@@ -25,8 +25,8 @@ from jupyter_client.session import Session
 from traitlets import Bool, Float, Int, Type, Unicode, validate
 from traitlets.config import Application
 
-from ...scheduler.client import SchedulerClient, SchedulerError
-from ...scheduler.http import SCHEDULER_TOKEN_ENV, SCHEDULER_TOKEN_FILE_ENV, read_secret
+from ...common.client import SchedulerClient, SchedulerError
+from ...common.secrets import SCHEDULER_TOKEN_ENV, SCHEDULER_TOKEN_FILE_ENV, read_secret
 from ..scratch import default_store_dir
 from .cluster import HostdLauncher, SchedulerExecutorPolicy
 from .executor import ExecutorPolicy, LastExecutorPolicy

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ...scheduler.client import HostClient, SchedulerClient, SchedulerError
+from ...common.client import HostClient, SchedulerClient, SchedulerError
 from .. import protocol
 from .executor import ExecutorChoice, ExecutorPolicy, Migrate, ReplicaView, Wait
 from .launchers import Launched, LaunchSpec, ReplicaLauncher
@@ -30,7 +30,8 @@ class HostdLauncher(ReplicaLauncher):
 
     Liveness: one long poll per host (``GET /api/replicas?since=V&wait=S``), answered by the daemon the moment one
     of its replicas exits; a daemon that cannot be reached (after one retry) takes this kernel's replicas there
-    with it. :meth:`refresh`, which the supervisor calls often, only makes sure the watchers run.
+    with it. :meth:`poll`, which the supervisor calls often, reads what the watchers learnt (and restarts one that
+    ended while replicas on its host live).
     """
 
     #: seconds each long poll may be held by the daemon
@@ -75,8 +76,11 @@ class HostdLauncher(ReplicaLauncher):
         self._watch(spec.host_id)
         return Launched(reply.get("pid"), spec.host_id, {"host_id": spec.host_id, "replica_id": spec.replica_id})
 
-    def exit_code(self, launched: Launched) -> int | None:
-        return self._exit.get((launched.state["host_id"], launched.state["replica_id"]))
+    async def poll(self, launched: Launched) -> int | None:
+        code = self._exit.get((launched.state["host_id"], launched.state["replica_id"]))
+        if code is None:
+            self._watch(launched.state["host_id"])
+        return code
 
     def _live_on(self, host_id: str) -> bool:
         return any(h == host_id and code is None for (h, _), code in self._exit.items())
@@ -85,10 +89,6 @@ class HostdLauncher(ReplicaLauncher):
         task = self._watchers.get(host_id)
         if task is None or task.done():
             self._watchers[host_id] = asyncio.ensure_future(self._watch_host(host_id))
-
-    async def refresh(self) -> None:
-        for host_id in {h for (h, _), code in self._exit.items() if code is None}:
-            self._watch(host_id)
 
     async def _watch_host(self, host_id: str) -> None:
         """Follow one daemon's replicas of this kernel while any of them lives."""
@@ -138,7 +138,7 @@ class HostdLauncher(ReplicaLauncher):
     async def kill(self, launched: Launched) -> None:
         await self._stop(launched)
 
-    async def release(self, launched: Launched) -> None:
+    async def cleanup(self, launched: Launched) -> None:
         if self._exit.get((launched.state["host_id"], launched.state["replica_id"])) != -15:  # not stopped by us yet
             await self._stop(launched)
 

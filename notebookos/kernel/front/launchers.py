@@ -1,21 +1,22 @@
 """How the front starts and stops replica processes: here (standalone) or through a host daemon (cluster).
 
-A small abstract base in the style of jupyter_client's provisioners. The supervisor decides *what* to launch
+A small abstract base in the style of jupyter_client's provisioners (the same async method names). The supervisor decides *what* to launch
 (replica id, connection, Raft configuration, secret); a launcher only knows *where* and *how*.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import os
-import socket
 import subprocess
-import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...common.replicas import free_ports, replica_command
 from ...parentdeath import kill_with_parent
 
 
@@ -40,23 +41,17 @@ class Launched:
     state: dict[str, Any] = field(default_factory=dict)
 
 
-def free_ports(host: str, count: int) -> list[int]:
-    """``count`` TCP ports free on ``host`` just now (bound and released; a replica that loses the race to another
-    process fails to bind and is replaced)."""
-    socks, ports = [], []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            s.bind((host, 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
 class ReplicaLauncher(abc.ABC):
+    """Starts, watches and stops one kernel's replica processes, in the vocabulary of jupyter_client's
+    ``KernelProvisionerBase``: ``launch``, ``poll``, ``wait``, ``terminate``, ``kill``, ``cleanup``, all async.
+
+    Each method takes the :class:`Launched` that ``launch`` returned. ``poll`` must be cheap: the supervisor asks
+    it for every replica before each cell and several times a second.
+    """
+
+    #: seconds between polls in the default :meth:`wait`
+    poll_interval = 0.02
+
     async def ports(self, host_id: str | None, count: int, local_ip: str) -> tuple[str, list[int]]:
         """The address a replica on ``host_id`` will listen on and ``count`` free ports there. Chosen where the
         replica runs: here, on this machine."""
@@ -67,15 +62,17 @@ class ReplicaLauncher(abc.ABC):
         """Start the replica process described by ``spec``."""
 
     @abc.abstractmethod
-    def exit_code(self, launched: Launched) -> int | None:
-        """The process's exit code if it has ended, else None (from the launcher's latest knowledge)."""
+    async def poll(self, launched: Launched) -> int | None:
+        """The process's exit code if it has ended, else None (from what the launcher knows now; never blocks)."""
 
-    def exit_details(self, launched: Launched) -> str:
-        """What the ended process last wrote, for the front's log ("" when this launcher cannot see it)."""
-        return ""
-
-    async def refresh(self) -> None:  # noqa: B027 - launchers that learn liveness remotely override it
-        """Update what ``exit_code`` knows (a remote launcher asks its host daemons)."""
+    async def wait(self, launched: Launched, timeout: float | None = None) -> int | None:
+        """The exit code once the process has ended; None if it still runs after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := await self.poll(launched)) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(self.poll_interval)
+        return code
 
     @abc.abstractmethod
     async def terminate(self, launched: Launched) -> None:
@@ -85,16 +82,13 @@ class ReplicaLauncher(abc.ABC):
     async def kill(self, launched: Launched) -> None:
         """Stop the process now (SIGKILL)."""
 
-    async def release(self, launched: Launched) -> None:  # noqa: B027 - only remote launchers keep state
+    async def cleanup(self, launched: Launched) -> None:  # noqa: B027 - only remote launchers keep state
         """The kernel is ending: forget the replica, dead or alive (a host daemon then removes its files and,
         with its last replica of the kernel, the kernel's object store there)."""
 
-
-def replica_command(connection_file: Path, config_file: Path, python: str = sys.executable,
-                    log_level: str = "WARN") -> list[str]:
-    """How every replica process is started, here or by a host daemon."""
-    return [python, "-m", "notebookos.kernel.replica", "-f", str(connection_file), f"--config={config_file}",
-            f"--IPKernelApp.log_level={log_level}"]
+    def exit_details(self, launched: Launched) -> str:
+        """What the ended process last wrote, for the front's log ("" when this launcher cannot see it)."""
+        return ""
 
 
 def write_launch_files(spec: LaunchSpec) -> tuple[Path, Path]:
@@ -121,7 +115,7 @@ class LocalLauncher(ReplicaLauncher):
                                        cwd=os.getcwd())
         return Launched(process.pid, spec.connection["ip"], {"process": process, "log": log_path})
 
-    def exit_code(self, launched: Launched) -> int | None:
+    async def poll(self, launched: Launched) -> int | None:
         return launched.state["process"].poll()
 
     def exit_details(self, launched: Launched, lines: int = 12) -> str:

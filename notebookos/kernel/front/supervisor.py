@@ -113,7 +113,7 @@ class Supervisor:
         self.host = host
         self.replicas: dict[int, ReplicaHandle] = {}  # live replicas and Raft members (dead ones until removed)
         self.departed: deque[ReplicaHandle] = deque(maxlen=16)  # the latest ones gone for good, for info only
-        self._release_at_end: list[Launched] = []  # processes of departed replicas, released when the kernel ends
+        self._cleanup_at_end: list[Launched] = []  # processes of departed replicas, cleaned up when the kernel ends
         self._next_id = 1
         self._pending: dict[str, asyncio.Future] = {}
         self.on_lost: Callable[[ReplicaHandle], Awaitable[None]] | None = None
@@ -264,15 +264,14 @@ class Supervisor:
     # -- liveness ----------------------------------------------------------------------------------------------
     async def watch(self, interval: float = 0.1) -> None:
         while True:
-            await self.launcher.refresh()
             await self.check_now()
             await asyncio.sleep(interval)
 
     async def check_now(self) -> None:
         """Reap dead replicas now (locally a waitpid per replica): cheap enough to run before every cell."""
         for handle in list(self.replicas.values()):
-            code = self.launcher.exit_code(handle.launched) if handle.alive and handle.launched else None
-            if code is not None:
+            code = await self.launcher.poll(handle.launched) if handle.alive and handle.launched else None
+            if code is not None and handle.alive:  # (still alive: another check_now may have handled it meanwhile)
                 handle.alive = False
                 if handle.diverged:
                     log.warning("replica %d (pid %s) retired: %s", handle.id, handle.pid, handle.diverged)
@@ -305,7 +304,7 @@ class Supervisor:
                 del self.replicas[handle.id]
                 self.departed.append(handle)
                 if handle.launched is not None:
-                    self._release_at_end.append(handle.launched)
+                    self._cleanup_at_end.append(handle.launched)
 
     def forget(self, handle: ReplicaHandle) -> None:
         """Stop listening to a replica that is gone: the relay's loops end, the sockets close (a dead replica's
@@ -339,12 +338,8 @@ class Supervisor:
         log.warning("retiring replica %d (pid %s): %s", handle.id, handle.pid, reason)
         if handle.launched is not None:
             await self.launcher.kill(handle.launched)
-        deadline = time.monotonic() + reap_timeout
-        while handle.alive and time.monotonic() < deadline:  # so the loss is handled before the next cell
-            await self.launcher.refresh()
-            await self.check_now()
-            if handle.alive:
-                await asyncio.sleep(0.02)
+            await self.launcher.wait(handle.launched, timeout=reap_timeout)
+        await self.check_now()  # so the loss is handled before the next cell
         return not handle.alive
 
     async def elect_successor(self, dead: ReplicaHandle) -> None:
@@ -482,7 +477,7 @@ class Supervisor:
                 # with the kernel's departed replicas if the kernel ends meanwhile.
                 del self.replicas[new.id]
                 if new.launched is not None:
-                    self._release_at_end.append(new.launched)
+                    self._cleanup_at_end.append(new.launched)
                 new.member = False
                 step = f"add replica {new.id} to the Raft group"
                 reply = await self.request(old, protocol.MEMBERSHIP_REQUEST,
@@ -516,8 +511,8 @@ class Supervisor:
             old.member = False
             old.alive = False  # before it exits, so the watcher does not take the planned exit for a loss
             self.replicas[new.id] = new
-            if new.launched in self._release_at_end:
-                self._release_at_end.remove(new.launched)
+            if new.launched in self._cleanup_at_end:
+                self._cleanup_at_end.remove(new.launched)
             await self.launcher.terminate(old.launched)
             self._prune()
             log.info("replica %d migrated to replica %d on %s", old.id, new.id, host_id or new.launched.host)
@@ -528,7 +523,7 @@ class Supervisor:
     async def _catch_up(self, new: ReplicaHandle, catch_up_seq: int, deadline: float, timeout: float) -> None:
         """Wait until ``new`` has applied every cell committed so far (``catch_up_seq``)."""
         while True:
-            code = self.launcher.exit_code(new.launched) if new.launched is not None else None
+            code = await self.launcher.poll(new.launched) if new.launched is not None else None
             if code is not None:
                 raise RuntimeError(f"replica {new.id} exited with {code} before it caught up")
             try:
@@ -635,23 +630,21 @@ class Supervisor:
 
     # -- teardown ----------------------------------------------------------------------------------------------
     async def kill(self, handle: ReplicaHandle) -> None:
-        if handle.launched is not None and self.launcher.exit_code(handle.launched) is None:
+        if handle.launched is not None and await self.launcher.poll(handle.launched) is None:
             await self.launcher.kill(handle.launched)
         handle.alive = False
 
     async def stop_all(self, grace: float = 2.0) -> None:
-        running = [h for h in self.replicas.values() if h.launched and self.launcher.exit_code(h.launched) is None]
-        for handle in running:
-            await self.launcher.terminate(handle.launched)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(self.launcher.exit_code(h.launched) is None for h in running):
-            await asyncio.sleep(0.02)
-            await self.launcher.refresh()
+        running = [h.launched for h in self.replicas.values()
+                   if h.launched is not None and await self.launcher.poll(h.launched) is None]
+        for launched in running:
+            await self.launcher.terminate(launched)
+        await asyncio.gather(*(self.launcher.wait(launched, timeout=grace) for launched in running))
         for handle in self.replicas.values():
             await self.kill(handle)
             if handle.launched is not None:
-                await self.launcher.release(handle.launched)
+                await self.launcher.cleanup(handle.launched)
             self.forget(handle)
-        for launched in self._release_at_end:
-            await self.launcher.release(launched)
-        self._release_at_end.clear()
+        for launched in self._cleanup_at_end:
+            await self.launcher.cleanup(launched)
+        self._cleanup_at_end.clear()

@@ -124,7 +124,10 @@ class Relay:
         self._dispatches: set[asyncio.Task] = set()
         self._suspects: dict[int, asyncio.Task] = {}  # replica id -> its retirement (it diverged), under way
         self._judgements: BoundedDict = BoundedDict(100)  # execute msg_id -> task judging its failed commit
-        self._idle_seen: BoundedDict = BoundedDict(100)  # those of them whose idle status reached the client
+        self._idle_seen: BoundedDict = BoundedDict(100)  # execute msg_ids whose idle status reached the client
+        #: replica -> its cells whose execute_reply reached the client and whose idle status has not yet
+        self._awaiting_idle: dict[int, OrderedDict[str, WireMessage]] = {}
+        self._idle_by_front: BoundedDict = BoundedDict(100)  # cells the front itself ended with idle
         self._in_doubt: list[str] = []  # cells that failed after their executor may have proposed them
         self.committed_after_all = 0  # cells reported as not committed that Raft committed later
         self.shutdown = asyncio.Event()
@@ -581,10 +584,13 @@ class Relay:
                 self.comm_owner[msg.content.get("comm_id")] = handle.id
             elif msg_type == "comm_close":
                 self.comm_owner.pop(msg.content.get("comm_id"), None)
+            idle = msg_type == "status" and msg.content.get("execution_state") == "idle"
+            if idle and self._idle_by_front.get(parent_id):
+                return  # the front ended the cell already, taking the replica for lost; never twice
             await self._to_client("iopub", msg)
-            if msg_type == "status" and msg.content.get("execution_state") == "idle":
-                if parent_id in self._judgements:
-                    self._idle_seen[parent_id] = True
+            if idle:
+                self._idle_seen[parent_id] = True
+                self._awaiting_idle.get(handle.id, {}).pop(parent_id, None)
                 await self._cell_over(handle, parent_id, "idle")
             return
         if channel == "stdin":
@@ -593,10 +599,11 @@ class Relay:
             await self._to_client("stdin", msg)
             return
         # A reply on shell or control.
+        request = None
         if msg_type == "execute_reply":
             queue = self.inflight.get(handle.id)
             if queue is not None:
-                queue.pop(parent_id, None)
+                request = queue.pop(parent_id, None)
             meta = msg.metadata.get(protocol.META_KEY) or {}
             seq = meta.get("seq")
             if isinstance(seq, int) and msg.content.get("status") != "ok":
@@ -621,6 +628,8 @@ class Relay:
             msg = msg.with_content(content)
         await self._to_client(channel, msg)
         if msg_type == "execute_reply":
+            if request is not None and parent_id not in self._idle_seen:  # (iopub and shell race each other)
+                self._awaiting_idle.setdefault(handle.id, OrderedDict())[parent_id] = request
             self._cell_ended(parent_id, msg.content.get("status", "error"))
             await self._cell_over(handle, parent_id, "reply")
         if msg_type == "shutdown_reply":
@@ -756,6 +765,12 @@ class Relay:
     async def _replica_lost(self, handle: ReplicaHandle) -> None:
         """End what the dead replica owed: its running cell fails, queued cells abort, other requests move."""
         await self.policy.replica_lost(handle.id)
+        for request in self._awaiting_idle.pop(handle.id, OrderedDict()).values():
+            # Its reply went out and its idle never will; a client (JupyterLab, nbclient) waits for both to end
+            # the cell, so the front sends the idle the replica owed.
+            self._idle_by_front[request.msg_id] = True
+            self._idle_seen[request.msg_id] = True
+            await self._send_client("iopub", "status", {"execution_state": "idle"}, request)
         queue = list(self.inflight.pop(handle.id, OrderedDict()).values())
         started = [m for m in queue if m.msg_id in self.started]
         if not started:

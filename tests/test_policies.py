@@ -44,10 +44,18 @@ def check_invariants(c: Cluster, policy: IndexedPolicy | None = None) -> None:
         assert all(0 <= d < host.gpus for d in host.committed)
         assert host.subscribed_gpus == sum(c.kernels[k].request.gpus for k, _ in host.replicas)
         assert host.subscribed_gpus >= 0
+        assert host.firm_held == sum(1 for d, k in host.held.items() if c.kernels[k].held.firm)
         for d, (kid, rid) in host.committed.items():
+            if d in host.held:  # kept for the kernel's next cell
+                hold = c.kernels[kid].held
+                assert host.held[d] == kid and hold.host_id == host.id and d in hold.devices
+                assert hold.replica_id == rid and (rid is None or c.kernels[kid].replicas[rid].host_id == host.id)
+                continue
             running = c.kernels[kid].running
             assert running is not None and running[0] == rid and d in running[1]
             assert c.kernels[kid].replicas[rid].host_id == host.id
+    assert c.n_committed == sum(len(h.committed) for h in c.hosts.values())
+    assert c.n_held == sum(len(h.held) for h in c.hosts.values())
     for kernel in c.kernels.values():
         hosts = [r.host_id for r in kernel.replicas.values()]
         assert len(hosts) == len(set(hosts)), "two replicas of a kernel on one host"
@@ -169,13 +177,21 @@ def test_migrate_when_no_replica_host_has_room():
     d = p.schedule_cell(c, "k", 1.0)
     h2_replica = next(r.replica_id for r in c.kernels["k"].replicas.values() if r.host_id == "h2")
     assert d == Migrate(replica_id=h2_replica, to_host="h4")  # from the fullest replica host to the freest host
-    assert c.kernels["k"].running is None and c.hosts["h4"].committed == {}  # nothing committed by a Migrate
-    # the caller carries it out, then asks again: the cell runs on the new replica
+    # No cell runs yet, but the target's GPUs wait for the replica moving there: no other kernel's cell takes them.
+    assert c.kernels["k"].running is None
+    assert c.hosts["h4"].committed == {d: ("k", None) for d in range(4)} and c.hosts["h4"].firm_held == 4
+    add_kernel(c, "thief", 8)
+    c.place_replica("thief", "h4")
+    p.refresh(c, ["h4"])
+    assert not isinstance(p.schedule_cell(c, "thief", 1.5), Run)
+    c.remove_kernel("thief")
+    # the caller carries it out, then asks again: the cell runs on the new replica, on the GPUs kept for it
     new = c.place_replica("k", "h4")
     c.remove_replica("k", h2_replica)
     p.refresh(c, ["h2", "h4"])
     d = p.schedule_cell(c, "k", 2.0)
-    assert d == Run(new.replica_id, "h4", d.devices) and len(d.devices) == 4
+    assert d == Run(new.replica_id, "h4", (0, 1, 2, 3))
+    assert c.hosts["h4"].held == {} and c.hosts["h4"].firm_held == 0
     check_invariants(c, p)
 
 
@@ -333,7 +349,8 @@ def test_gpu_accounting_under_random_interleaving(policy_cls):
             p.refresh(c, hosts)
         check_invariants(c, p)
         committed = sum(len(h.committed) for h in c.hosts.values())
-        assert committed == sum(len(c.kernels[k].running[1]) for k in c.kernels if c.kernels[k].running)
+        assert committed == (sum(len(c.kernels[k].running[1]) for k in c.kernels if c.kernels[k].running)
+                             + sum(len(c.kernels[k].held.devices) for k in c.kernels if c.kernels[k].held))
     assert counts["run"] > 100
     if policy_cls is NotebookOSPolicy:
         assert counts["migrate"] > 0

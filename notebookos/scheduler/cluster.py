@@ -37,8 +37,13 @@ class Host:
     gpus: int = 8
     cpus: float = 64.0
     memory_mb: int = 512 * 1024
-    #: device id -> (kernel id, replica id) holding it for a running cell
-    committed: dict[int, tuple[str, int]] = field(default_factory=dict)
+    #: device id -> (kernel id, replica id) holding it: for a running cell, or held for the kernel's next cell
+    #: (:class:`Hold`; replica id None while the replica it waits for is still arriving)
+    committed: dict[int, tuple[str, int | None]] = field(default_factory=dict)
+    #: the devices of ``committed`` that are held, not running a cell: device id -> kernel id
+    held: dict[int, str] = field(default_factory=dict)
+    #: how many of ``held`` are firm (never taken back)
+    firm_held: int = 0
     #: replicas placed here: (kernel id, replica id)
     replicas: set[tuple[str, int]] = field(default_factory=set)
     #: GPUs requested by the replicas placed here (what the oversubscription cap limits)
@@ -54,6 +59,11 @@ class Host:
         return [d for d in range(self.gpus) if d not in self.committed]
 
     @property
+    def available_gpus(self) -> int:
+        """GPUs a cell could have here: free ones and those merely held (not firmly) for other kernels."""
+        return self.gpus - len(self.committed) + len(self.held) - self.firm_held
+
+    @property
     def subscription_ratio(self) -> float:
         return self.subscribed_gpus / self.gpus if self.gpus else float("inf")
 
@@ -63,6 +73,20 @@ class ReplicaRecord:
     kernel_id: str
     replica_id: int
     host_id: str
+    #: when it can run cells (a replica migrating in starts and catches up first)
+    ready_at: float = 0.0
+
+
+@dataclass
+class Hold:
+    """GPUs kept for a kernel's next cell while none runs: after a cell (its executor keeps them a while), or on
+    the host a replica of it is migrating to. ``firm`` holds are never taken back by another kernel's cell."""
+
+    host_id: str
+    replica_id: int | None  # None: for a replica still arriving on host_id (a migration)
+    devices: tuple[int, ...]
+    until: float
+    firm: bool = False
 
 
 @dataclass
@@ -77,6 +101,8 @@ class KernelRecord:
     next_replica_id: int = 1
     #: when its front last renewed its lease (the scheduler's clock)
     lease_renewed: float = 0.0
+    #: GPUs kept for its next cell while none runs (a policy's soft hold, or a migration's target)
+    held: Hold | None = None
 
 
 class Cluster:
@@ -85,6 +111,9 @@ class Cluster:
     def __init__(self) -> None:
         self.hosts: dict[str, Host] = {}
         self.kernels: dict[str, KernelRecord] = {}
+        #: GPUs in every host's ``committed`` (running cells and holds), and of those the held ones
+        self.n_committed = 0
+        self.n_held = 0
 
     # -- hosts -----------------------------------------------------------------------------------------------
     def add_host(self, host: Host) -> Host:
@@ -95,6 +124,8 @@ class Cluster:
 
     def remove_host(self, host_id: str) -> Host:
         host = self.hosts[host_id]
+        if host.held and not host.replicas:
+            self.drop_holds_on(host_id)  # reserved for replicas that never arrived
         if host.replicas or host.committed:
             raise AccountingError(f"host {host_id!r} still has replicas or committed GPUs; migrate them first")
         return self.hosts.pop(host_id)
@@ -106,13 +137,19 @@ class Cluster:
         record = self.kernels[kernel_id] = KernelRecord(kernel_id, request, last_active=now, lease_renewed=now)
         return record
 
-    def place_replica(self, kernel_id: str, host_id: str, replica_id: int | None = None) -> ReplicaRecord:
+    def place_replica(self, kernel_id: str, host_id: str, replica_id: int | None = None,
+                      ready_at: float = 0.0) -> ReplicaRecord:
         kernel, host = self.kernels[kernel_id], self.hosts[host_id]
         if any(r.host_id == host_id for r in kernel.replicas.values()):
             raise AccountingError(f"kernel {kernel_id!r} already has a replica on host {host_id!r}")
         rid = replica_id if replica_id is not None else kernel.next_replica_id
         kernel.next_replica_id = max(kernel.next_replica_id, rid + 1)
-        record = kernel.replicas[rid] = ReplicaRecord(kernel_id, rid, host_id)
+        record = kernel.replicas[rid] = ReplicaRecord(kernel_id, rid, host_id, ready_at)
+        hold = kernel.held
+        if hold is not None and hold.replica_id is None and hold.host_id == host_id:
+            hold.replica_id = rid  # the replica a migration reserved these GPUs for has arrived
+            for d in hold.devices:
+                host.committed[d] = (kernel_id, rid)
         host.replicas.add((kernel_id, rid))
         host.subscribed_gpus += kernel.request.gpus
         host.cpus_used += kernel.request.cpus
@@ -124,6 +161,8 @@ class Cluster:
         kernel = self.kernels[kernel_id]
         if kernel.running is not None and kernel.running[0] == replica_id:
             self.release(kernel_id, now)  # before the record goes: release() finds the host through it
+        if kernel.held is not None and kernel.held.replica_id == replica_id:
+            self.drop_hold(kernel_id)
         record = kernel.replicas.pop(replica_id)
         host = self.hosts[record.host_id]
         host.replicas.discard((kernel_id, replica_id))
@@ -136,14 +175,19 @@ class Cluster:
     def remove_kernel(self, kernel_id: str, now: float = 0.0) -> None:
         for rid in list(self.kernels[kernel_id].replicas):
             self.remove_replica(kernel_id, rid, now)
+        if self.kernels[kernel_id].held is not None:  # for a replica that never arrived
+            self.drop_hold(kernel_id)
         del self.kernels[kernel_id]
 
     # -- GPU binding -----------------------------------------------------------------------------------------
     def commit(self, kernel_id: str, replica_id: int, now: float = 0.0) -> tuple[int, ...]:
-        """Bind the kernel's GPU request on the replica's host for one cell; returns the device ids."""
+        """Bind the kernel's GPU request on the replica's host for one cell; returns the device ids. GPUs the kernel
+        holds elsewhere are given up (it runs one cell at a time); use :meth:`resume` to run on held ones."""
         kernel = self.kernels[kernel_id]
         if kernel.running is not None:
             raise AccountingError(f"kernel {kernel_id!r} already runs a cell on replica {kernel.running[0]}")
+        if kernel.held is not None:
+            self.drop_hold(kernel_id)
         host = self.hosts[kernel.replicas[replica_id].host_id]
         free = host.free_gpus
         if len(free) < kernel.request.gpus:
@@ -151,23 +195,105 @@ class Cluster:
         devices = tuple(free[: kernel.request.gpus])
         for d in devices:
             host.committed[d] = (kernel_id, replica_id)
+        self.n_committed += len(devices)
         kernel.running = (replica_id, devices)
         kernel.last_executor = replica_id
         kernel.last_active = now
         return devices
 
-    def release(self, kernel_id: str, now: float = 0.0) -> None:
+    def _running_cell(self, kernel_id: str) -> tuple[KernelRecord, int, tuple[int, ...], Host]:
         kernel = self.kernels[kernel_id]
         if kernel.running is None:
             raise AccountingError(f"kernel {kernel_id!r} has no GPUs bound")
         replica_id, devices = kernel.running
-        host = self.hosts[kernel.replicas[replica_id].host_id]
+        return kernel, replica_id, devices, self.hosts[kernel.replicas[replica_id].host_id]
+
+    def release(self, kernel_id: str, now: float = 0.0) -> None:
+        kernel, replica_id, devices, host = self._running_cell(kernel_id)
         for d in devices:
             if host.committed.get(d) != (kernel_id, replica_id):
                 raise AccountingError(f"device {d} of host {host.id!r} is not held by {kernel_id!r}/{replica_id}")
             del host.committed[d]
+        self.n_committed -= len(devices)
         kernel.running = None
         kernel.last_active = now
+
+    # -- holds (GPUs kept for a kernel's next cell) ----------------------------------------------------------
+    def hold(self, kernel_id: str, until: float, now: float = 0.0) -> Hold:
+        """The running cell ended: its executor keeps its GPUs (held, no cell running) until ``until``."""
+        kernel, replica_id, devices, host = self._running_cell(kernel_id)
+        for d in devices:
+            host.held[d] = kernel_id
+        self.n_held += len(devices)
+        kernel.running = None
+        kernel.last_active = now
+        kernel.held = Hold(host.id, replica_id, devices, until)
+        return kernel.held
+
+    def hold_for_arrival(self, kernel_id: str, host_id: str, until: float) -> Hold:
+        """Reserve the kernel's GPUs on ``host_id`` for a replica migrating there (a firm hold: nobody else's
+        cell takes them); the replica adopts them when it is placed there."""
+        kernel, host = self.kernels[kernel_id], self.hosts[host_id]
+        if kernel.running is not None:
+            raise AccountingError(f"kernel {kernel_id!r} runs a cell; it cannot hold GPUs elsewhere")
+        if kernel.held is not None:
+            self.drop_hold(kernel_id)
+        free = host.free_gpus
+        if len(free) < kernel.request.gpus:
+            raise AccountingError(f"host {host_id!r} has {len(free)} free GPUs, kernel needs {kernel.request.gpus}")
+        devices = tuple(free[: kernel.request.gpus])
+        arriving = next((r.replica_id for r in kernel.replicas.values() if r.host_id == host_id), None)
+        for d in devices:
+            host.committed[d] = (kernel_id, arriving)
+            host.held[d] = kernel_id
+        self.n_committed += len(devices)
+        self.n_held += len(devices)
+        host.firm_held += len(devices)
+        kernel.held = Hold(host_id, arriving, devices, until, firm=True)
+        return kernel.held
+
+    def resume(self, kernel_id: str, now: float = 0.0) -> tuple[int, ...]:
+        """Run the kernel's next cell on the GPUs it holds (on the replica they are held for)."""
+        kernel = self.kernels[kernel_id]
+        hold = kernel.held
+        if hold is None or hold.replica_id is None or kernel.running is not None:
+            raise AccountingError(f"kernel {kernel_id!r} holds no GPUs of a replica it has")
+        host = self.hosts[hold.host_id]
+        for d in hold.devices:
+            del host.held[d]
+        self.n_held -= len(hold.devices)
+        if hold.firm:
+            host.firm_held -= len(hold.devices)
+        kernel.held = None
+        kernel.running = (hold.replica_id, hold.devices)
+        kernel.last_executor = hold.replica_id
+        kernel.last_active = now
+        return hold.devices
+
+    def drop_hold(self, kernel_id: str) -> Hold | None:
+        """Give the kernel's held GPUs back (its hold lapsed, or another kernel's cell takes them)."""
+        kernel = self.kernels[kernel_id]
+        hold, kernel.held = kernel.held, None
+        if hold is None:
+            return None
+        host = self.hosts[hold.host_id]
+        for d in hold.devices:
+            if host.held.pop(d, None) != kernel_id:
+                raise AccountingError(f"device {d} of host {host.id!r} is not held for {kernel_id!r}")
+            del host.committed[d]
+        self.n_committed -= len(hold.devices)
+        self.n_held -= len(hold.devices)
+        if hold.firm:
+            host.firm_held -= len(hold.devices)
+        return hold
+
+    def drop_holds_on(self, host_id: str) -> list[str]:
+        """Give back every hold on ``host_id`` (it is going away); returns the kernels that held GPUs there."""
+        host = self.hosts[host_id]
+        kernels = list(dict.fromkeys(host.held.values()))
+        for kernel_id in kernels:
+            self.drop_hold(kernel_id)
+        return kernels
 
     # -- totals ----------------------------------------------------------------------------------------------
     @property
@@ -176,7 +302,13 @@ class Cluster:
 
     @property
     def gpus_committed(self) -> int:
-        return sum(len(h.committed) for h in self.hosts.values())
+        """GPUs bound to running cells or held for kernels' next cells."""
+        return self.n_committed
+
+    @property
+    def gpus_running(self) -> int:
+        """GPUs bound to running cells."""
+        return self.n_committed - self.n_held
 
 
 #: Seconds after a failed scale-out during which cells are told why instead of starting another one.

@@ -426,10 +426,15 @@ class SchedulerCore:
             self.on_change()
 
     def housekeeping(self) -> Chores:
-        """One pass: silent hosts, lapsed front leases, idle kernels, idle hosts the provider added (scale-in)."""
+        """One pass: silent hosts, lapsed holds, lapsed front leases, idle kernels, idle hosts the provider added
+        (scale-in)."""
         chores = Chores()
         self.drop_silent_hosts(chores)
         now = self.now()
+        for record in list(self.cluster.kernels.values()):  # GPUs a policy kept for a kernel's next cell
+            if record.held is not None and record.held.until <= now and \
+                    self.policy.hold_lapsed(self.cluster, record.id, now) is not None:
+                self.on_change()
         if self.front_lease > 0:
             for record in list(self.cluster.kernels.values()):
                 silent = now - record.lease_renewed

@@ -72,6 +72,31 @@ class Queue:
 Decision = Run | Migrate | ScaleOut | Queue
 
 
+@dataclass(frozen=True)
+class Move:
+    """A background migration, off any cell's path: ``replica_id`` of an idle kernel moves to ``to_host``, where the
+    policy has placed ``new_replica_id`` already (starting and catching up); the caller removes ``replica_id`` once
+    the new one is up."""
+
+    kernel_id: str
+    replica_id: int
+    new_replica_id: int
+    to_host: str
+
+
+@dataclass(frozen=True)
+class Rebalance:
+    """What a policy's autoscaler wants now: ``add_hosts`` more hosts, these background ``moves``, and
+    ``remove_hosts`` (draining hosts left with no replicas and no GPUs in use: scale them in)."""
+
+    add_hosts: int = 0
+    moves: tuple[Move, ...] = ()
+    remove_hosts: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.add_hosts or self.moves or self.remove_hosts)
+
+
 class _PolicyMeta(type(LoggingConfigurable), abc.ABCMeta):
     """traitlets' metaclass and ABCMeta together (a class cannot have both as bases' metaclasses otherwise)."""
 
@@ -109,11 +134,30 @@ class SchedulerPolicy(LoggingConfigurable, metaclass=_PolicyMeta):
     def schedule_cell(self, cluster: Cluster, kernel_id: str, now: float) -> Decision:
         """What to do for an execute_request. A :class:`Run` has already committed its GPUs in ``cluster``."""
 
-    def cell_finished(self, cluster: Cluster, kernel_id: str, now: float) -> None:
-        """The cell's reply was sent (or its replica died): release its GPUs."""
+    def cell_finished(self, cluster: Cluster, kernel_id: str, now: float) -> float | None:
+        """The cell's reply was sent (or its replica died): release its GPUs. A policy that keeps them for the
+        kernel's next cell (``cluster.hold``) returns when that hold lapses: the caller then calls
+        :meth:`hold_lapsed`. Default: released, None."""
         if cluster.kernels[kernel_id].running is not None:
             cluster.release(kernel_id, now)
         self.dequeue(kernel_id)
+        return None
+
+    def hold_lapsed(self, cluster: Cluster, kernel_id: str, now: float) -> str | None:
+        """Give back the GPUs held for ``kernel_id`` if their time is up; returns their host (None: nothing freed)."""
+        kernel = cluster.kernels.get(kernel_id)
+        hold = kernel.held if kernel is not None else None
+        if hold is None or hold.until > now:
+            return None
+        cluster.drop_hold(kernel_id)
+        self.refresh(cluster, [hold.host_id])
+        return hold.host_id
+
+    def autoscale(self, cluster: Cluster, now: float, starting: int) -> Rebalance | None:
+        """The policy's autoscaler, called periodically (``starting``: hosts being added now). None: the policy
+        has none, and the caller scales out when a decision asks (:class:`ScaleOut`) and scales in hosts idle past
+        a limit (:meth:`idle_hosts`)."""
+        return None
 
     def idle_hosts(self, cluster: Cluster, now: float, idle_limit: float) -> list[str]:
         """Hosts with no replicas for ``idle_limit`` seconds, which scale-in may remove."""
@@ -126,8 +170,8 @@ class SchedulerPolicy(LoggingConfigurable, metaclass=_PolicyMeta):
         return 1
 
     def max_free_gpus(self, cluster: Cluster) -> int:
-        """Most free GPUs on one host (a cell needing more cannot run or migrate anywhere now)."""
-        return max((h.gpus - len(h.committed) for h in cluster.hosts.values()), default=0)
+        """Most GPUs a cell could have on one host (a cell needing more cannot run or migrate anywhere now)."""
+        return max((h.available_gpus for h in cluster.hosts.values()), default=0)
 
     def refresh(self, cluster: Cluster, host_ids: list[str] | None = None) -> None:
         """The cluster changed on ``host_ids`` (all hosts when None) outside the policy: a host came or went,

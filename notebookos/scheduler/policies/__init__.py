@@ -39,8 +39,9 @@ __all__ = ["HostIndex", "IndexedPolicy", "free_gpu_count"]
 
 
 def free_gpu_count(host: Host) -> int:
-    """Free GPUs of ``host`` without building the device list (``Host.free_gpus`` does)."""
-    return host.gpus - len(host.committed)
+    """GPUs of ``host`` a cell could have: free, or held (not firmly) for another kernel's next cell, which a
+    cell takes back (:attr:`Host.available_gpus`, without the property call)."""
+    return host.gpus - len(host.committed) + len(host.held) - host.firm_held
 
 
 def _ratio(host: Host) -> float:
@@ -88,7 +89,8 @@ class _Buckets:
 
 
 class HostIndex:
-    """Hosts of one cluster bucketed by free GPUs and by subscription ratio (subscribed GPUs / GPUs).
+    """Hosts of one cluster bucketed by free GPUs (those a cell could have: :func:`free_gpu_count`) and by
+    subscription ratio (subscribed GPUs / GPUs).
 
     Updating a host is O(1) (a few dict operations); the queries walk buckets from the preferred end and stop at
     the first hosts that qualify, so a decision costs O(buckets + hosts skipped) instead of O(hosts). Every host a
@@ -107,7 +109,7 @@ class HostIndex:
         return len(self.free.key_of)
 
     def _file(self, host: Host) -> None:
-        self.free.set(host.id, host.gpus - len(host.committed))
+        self.free.set(host.id, free_gpu_count(host))
         self.sub.set(host.id, _ratio(host))
         if host.gpus > self.max_host_gpus:
             self.max_host_gpus = host.gpus
@@ -161,7 +163,7 @@ class HostIndex:
                 if host is None:
                     stale.append(hid)
                     continue
-                free = host.gpus - len(host.committed)
+                free = free_gpu_count(host)
                 if free != key:
                     stale.append(hid)
                     if free < gpus:

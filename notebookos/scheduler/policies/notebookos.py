@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from traitlets import Enum, Float, Int
+import math
 
-from ..cluster import AccountingError, Cluster, KernelRecord
-from ..policy import Decision, Migrate, Run, ScaleOut
-from . import IndexedPolicy
+from traitlets import Bool, Enum, Float, Int
+
+from ..cluster import AccountingError, Cluster, Host, KernelRecord
+from ..policy import Decision, Migrate, Move, Rebalance, Run, ScaleOut
+from . import IndexedPolicy, free_gpu_count
 
 
 class NotebookOSPolicy(IndexedPolicy):
@@ -27,11 +29,22 @@ class NotebookOSPolicy(IndexedPolicy):
     - **Autoscaling**: with no such host, :class:`ScaleOut` (a host of ``host_gpus`` GPUs) while the cluster has
       fewer than ``max_hosts`` hosts, else :class:`Queue`, whose position is the kernel's place in a FIFO of
       waiting kernels (a kernel leaves it when its cell runs or on :meth:`withdraw`).
+      The target's GPUs are reserved for the kernel (a firm hold) until its new replica runs the cell, so no other
+      cell takes them meanwhile.
+    - **Soft hold** (``hold_seconds`` > 0): when a cell ends, its executor keeps its GPUs that long, so the
+      kernel's next cell starts there at once (between a notebook's cells the median gap is minutes). Another
+      kernel's cell on that host takes held GPUs back when it needs them, so a hold never makes a cell wait.
     - A kernel that lost replicas runs on the survivors; replacing them is the caller's (``place`` tops up).
-    - Idle hosts (no replicas for the idle limit) may be scaled in (:meth:`idle_hosts`, inherited).
+    - **Autoscaling** (``autoscale``, when ``committed_autoscale``): the cluster is sized from the GPUs in use
+      (running and held): ``ceil(scale_factor x in use / host GPUs) + spare_hosts`` hosts, and never fewer than
+      the replicas' subscriptions need under the cap. Past the target, hosts with no GPU in use are consolidated:
+      the replicas of idle kernels on them move in the background to the most subscribed hosts with room (never on
+      a cell's path), and the emptied hosts are removed. Without it, scale-out waits for a cell that finds no room
+      and scale-in for hosts idle past a limit (:meth:`idle_hosts`).
 
     Parameters (traitlets, ``c.NotebookOSPolicy.<name>``): ``replicas_per_kernel`` (3), ``max_subscription_ratio``
-    (7.0), ``max_hosts`` (64), ``host_gpus`` (8), ``verify_misses`` (True).
+    (7.0), ``max_hosts`` (64), ``host_gpus`` (8), ``hold_seconds``, ``committed_autoscale``, ``scale_factor``,
+    ``spare_hosts``, ``migration_hold_seconds``, ``verify_misses`` (True).
     """
 
     name = "notebookos"
@@ -43,6 +56,23 @@ class NotebookOSPolicy(IndexedPolicy):
     placement = Enum(("spread", "pack"), "spread", help="Where replicas go: 'spread' to the least subscribed "
                      "hosts (more free GPUs where a kernel's replicas are), 'pack' to the most subscribed ones that "
                      "still fit under the cap (hosts empty sooner and scale in).").tag(config=True)
+    hold_seconds = Float(
+        0.0, help="Seconds an executor keeps its GPUs after a cell for the kernel's next cell (a soft hold: "
+        "another kernel's cell on that host takes them back when it needs them). 0: release at once.").tag(config=True)
+    committed_autoscale = Bool(
+        False, help="Size the cluster from the GPUs in use (running and held) and consolidate: move idle kernels' "
+        "replicas off hosts with no GPU in use, in the background, and remove those hosts. Off: scale out when a "
+        "cell finds no room, scale in hosts with no replica for the idle limit.").tag(config=True)
+    scale_factor = Float(
+        1.05, help="committed_autoscale: hosts for this multiple of the GPUs in use (NotebookOS: 1.05).").tag(
+        config=True)
+    spare_hosts = Int(1, help="committed_autoscale: hosts kept beyond what the GPUs in use need.").tag(config=True)
+    held_weight = Float(
+        1.0, help="committed_autoscale: how much a held GPU counts toward the GPUs in use (1: like a running one; "
+        "0: holds only use what spare room the running cells leave).").tag(config=True)
+    migration_hold_seconds = Float(
+        300.0, help="Seconds a migration's target GPUs stay reserved for the kernel whose replica moves there "
+        "(the cell runs there once the replica is up).").tag(config=True)
 
     # -- placement -------------------------------------------------------------------------------------------
     def _candidates(self, cluster: Cluster, kernel: KernelRecord, need: int) -> list[str]:
@@ -87,8 +117,7 @@ class NotebookOSPolicy(IndexedPolicy):
         last = kernel.last_executor
 
         def most_free_first(rid: int) -> tuple[int, int]:
-            h = hosts[kernel.replicas[rid].host_id]
-            return (len(h.committed) - h.gpus, rid)
+            return (-free_gpu_count(hosts[kernel.replicas[rid].host_id]), rid)
 
         others = sorted((rid for rid in kernel.replicas if rid != last), key=most_free_first)
         return ([last] if last in kernel.replicas else []) + others
@@ -101,14 +130,31 @@ class NotebookOSPolicy(IndexedPolicy):
         hosts = cluster.hosts
         idx = self.index(cluster)
 
-        for rid in self.executor_order(cluster, kernel_id):
-            host = hosts[kernel.replicas[rid].host_id]
-            if host.draining or host.gpus - len(host.committed) < gpus:
-                continue
-            devices = cluster.commit(kernel_id, rid, now)
-            idx.update(host.id)
-            self.dequeue(kernel_id)
-            return Run(rid, host.id, devices)
+        hold = kernel.held
+        if hold is not None:
+            replica = kernel.replicas.get(hold.replica_id) if hold.replica_id is not None else None
+            if replica is not None and not hosts[hold.host_id].draining and replica.ready_at <= now:
+                devices = cluster.resume(kernel_id, now)
+                idx.update(hold.host_id)
+                self.dequeue(kernel_id)
+                return Run(hold.replica_id, hold.host_id, devices)
+            if replica is None or hosts[hold.host_id].draining:
+                cluster.drop_hold(kernel_id)  # (a replica still starting keeps its hold: the cell waits for it)
+                idx.update(hold.host_id)
+
+        order = [rid for rid in self.executor_order(cluster, kernel_id)
+                 if kernel.replicas[rid].ready_at <= now and not hosts[kernel.replicas[rid].host_id].draining]
+        for take_back in (False, True):
+            for rid in order:
+                host = hosts[kernel.replicas[rid].host_id]
+                free = host.gpus - len(host.committed)
+                if free < gpus and not (take_back and free_gpu_count(host) >= gpus):
+                    continue
+                self._take_back(cluster, host, gpus - free)
+                devices = cluster.commit(kernel_id, rid, now)
+                idx.update(host.id)
+                self.dequeue(kernel_id)
+                return Run(rid, host.id, devices)
 
         if kernel.replicas:
             holders = {r.host_id for r in kernel.replicas.values()}
@@ -123,19 +169,123 @@ class NotebookOSPolicy(IndexedPolicy):
             if target is not None:
                 def tightness(rid: int) -> tuple[int, int, int]:
                     h = hosts[kernel.replicas[rid].host_id]
-                    return (h.gpus - len(h.committed), -h.subscribed_gpus, rid)
+                    return (free_gpu_count(h), -h.subscribed_gpus, rid)
 
                 source = min(kernel.replicas, key=tightness)
+                host = hosts[target]
+                # The target's GPUs wait for the replica moving there (no other cell takes them meanwhile).
+                self._take_back(cluster, host, gpus - (host.gpus - len(host.committed)))
+                cluster.hold_for_arrival(kernel_id, target, now + self.migration_hold_seconds)
+                idx.update(target)
                 return Migrate(source, target)
 
         if len(hosts) < self.max_hosts:
             return ScaleOut(self.host_gpus)
         return self._queue(cluster, kernel_id, now)
 
-    def cell_finished(self, cluster: Cluster, kernel_id: str, now: float) -> None:
+    def _take_back(self, cluster: Cluster, host: Host, need: int) -> None:
+        """Free ``need`` more GPUs on ``host`` by giving back other kernels' soft holds, those that lapse first."""
+        if need <= 0:
+            return
+        holders = sorted({k for k in host.held.values() if not cluster.kernels[k].held.firm},
+                         key=lambda k: (cluster.kernels[k].held.until, k))
+        for k in holders:
+            need -= len(cluster.drop_hold(k).devices)
+            if need <= 0:
+                return
+        raise AccountingError(f"host {host.id!r}: not enough GPUs to take back")
+
+    def cell_finished(self, cluster: Cluster, kernel_id: str, now: float) -> float | None:
         kernel = cluster.kernels[kernel_id]
+        until = None
         if kernel.running is not None:
             host_id = kernel.replicas[kernel.running[0]].host_id
-            cluster.release(kernel_id, now)
+            if self.hold_seconds > 0 and not cluster.hosts[host_id].draining:
+                until = cluster.hold(kernel_id, now + self.hold_seconds, now).until
+            else:
+                cluster.release(kernel_id, now)
             self.index(cluster).update(host_id)
         self.dequeue(kernel_id)
+        return until
+
+    # -- autoscaling -----------------------------------------------------------------------------------------
+    def target_hosts(self, cluster: Cluster) -> int:
+        """Hosts the cluster should have: for the GPUs in use (running and held), plus spares, and enough for the
+        replicas' subscriptions under the cap."""
+        host_gpus = max(1, self.host_gpus)
+        gpus = cluster.gpus_committed - (1.0 - self.held_weight) * cluster.n_held
+        in_use = math.ceil(self.scale_factor * gpus / host_gpus) + self.spare_hosts
+        subscribed = sum(h.subscribed_gpus for h in cluster.hosts.values())
+        for_subscriptions = math.ceil(subscribed / (self.max_subscription_ratio * host_gpus))
+        return min(self.max_hosts, max(in_use, for_subscriptions, self.replicas_per_kernel))
+
+    def autoscale(self, cluster: Cluster, now: float, starting: int) -> Rebalance | None:
+        if not self.committed_autoscale:
+            return None
+        hosts = cluster.hosts
+        target = self.target_hosts(cluster)
+        draining = [h for h in hosts.values() if h.draining]
+        active = len(hosts) - len(draining)
+        remove = tuple(h.id for h in draining if not h.replicas and not h.committed)
+        if active + starting < target:
+            short = target - active - starting
+            for h in draining[:short]:  # a draining host is cheaper to keep than a new one to start
+                if h.id not in remove:
+                    h.draining = False
+                    short -= 1
+            remove = tuple(h for h in remove if hosts[h].draining)
+            room = self.max_hosts - len(hosts) + len(remove) - starting
+            self.refresh(cluster, [h.id for h in draining])
+            return Rebalance(max(0, min(short, room)), (), remove)
+        moves: list[Move] = []
+        if starting == 0 and active > target:
+            candidates = self._consolidation_candidates(cluster, active - target)
+            for host in candidates:  # all draining first: none is a target of another's moves
+                host.draining = True
+            self.refresh(cluster, [h.id for h in candidates])
+            for i, host in enumerate(candidates):
+                planned = self._plan_moves(cluster, host, now)
+                if planned is None:
+                    for h in candidates[i:]:
+                        h.draining = False
+                    self.refresh(cluster, [h.id for h in candidates[i:]])
+                    break
+                moves.extend(planned)
+                if not host.replicas:
+                    remove += (host.id,)
+        return Rebalance(0, tuple(moves), remove)
+
+    def _consolidation_candidates(self, cluster: Cluster, count: int) -> list[Host]:
+        """Up to ``count`` hosts to empty: no GPU in use there, fewest replicas first."""
+        idle = [h for h in cluster.hosts.values() if not h.draining and not h.committed]
+        idle.sort(key=lambda h: (len(h.replicas), h.subscribed_gpus, h.id))
+        return idle[:count]
+
+    def _plan_moves(self, cluster: Cluster, host: Host, now: float) -> list[Move] | None:
+        """Place, on other hosts, a new replica for each replica on ``host`` (most subscribed hosts with room
+        first, so the cluster packs); None, with nothing placed, when one of them has no room anywhere or its kernel
+        runs a cell (a move happens only while its kernel is idle)."""
+        idx = self.index(cluster)
+        placed: list[tuple[str, int, int, str]] = []
+        ok = True
+        for kernel_id, rid in sorted(host.replicas):
+            kernel = cluster.kernels[kernel_id]
+            if kernel.running is not None:
+                ok = False
+                break
+            have = {r.host_id for r in kernel.replicas.values()} | {host.id}
+            target = idx.most_subscribed(1, kernel.request.gpus, self.max_subscription_ratio, have)
+            if not target and self._retry_miss(cluster):
+                target = idx.most_subscribed(1, kernel.request.gpus, self.max_subscription_ratio, have)
+            if not target:
+                ok = False
+                break
+            new = cluster.place_replica(kernel_id, target[0])
+            idx.update(target[0])
+            placed.append((kernel_id, rid, new.replica_id, target[0]))
+        if not ok:
+            for kernel_id, _, new_rid, target in placed:
+                cluster.remove_replica(kernel_id, new_rid, now)
+                idx.update(target)
+            return None
+        return [Move(k, rid, new_rid, target) for k, rid, new_rid, target in placed]

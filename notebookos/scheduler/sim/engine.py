@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..cluster import AccountingError, Cluster, Growth, Host, PendingHost, ResourceRequest
-from ..policy import Migrate, Queue, Run, ScaleOut, SchedulerPolicy
+from ..policy import Migrate, Move, Queue, Run, ScaleOut, SchedulerPolicy
 from .traces import Session
 
 __all__ = ["SimConfig", "SimResult", "Simulation", "simulate", "EVENT_COLUMNS", "METRIC_KEYS"]
@@ -54,12 +54,14 @@ __all__ = ["SimConfig", "SimResult", "Simulation", "simulate", "EVENT_COLUMNS", 
 EVENT_COLUMNS = ("time_s", "event", "session", "cell", "host", "gpus", "delay_s", "info")
 METRIC_KEYS = ("gpu_hours_provisioned", "gpu_hours_committed", "gpu_hours_reserved", "interactivity_delay_p50_s",
                "interactivity_delay_p99_s", "interactivity_delay_mean_s", "immediate_start_fraction",
-               "migrations", "scale_outs", "scale_ins", "events", "wall_seconds", "sessions", "cells",
+               "migrations", "background_migrations", "scale_outs", "scale_ins", "events", "wall_seconds",
+               "sessions", "cells",
                "cells_run", "unfinished_sessions", "clipped_requests", "peak_hosts", "makespan_hours",
                "utilization")
 
 # event kinds (heap entries are (time, seq, kind, session state))
-_START, _SUBMIT, _READY, _END_CELL, _RETRY, _STOP, _END, _ONLINE, _CHECK = range(9)
+(_START, _SUBMIT, _READY, _END_CELL, _RETRY, _STOP, _END, _ONLINE, _CHECK, _HOLD, _AUTOSCALE, _MOVED,
+ _REMOVE) = range(13)
 
 
 @dataclass
@@ -75,6 +77,7 @@ class SimConfig:
     replica_start: float = 5.0
     migration_cost: float = 30.0
     immediate_threshold: float = 1.0
+    autoscale_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if self.min_hosts is None:
@@ -86,6 +89,8 @@ class SimConfig:
             problems.append("need 0 <= min_hosts <= max_hosts")
         if not 0 <= self.initial_hosts <= self.max_hosts:
             problems.append("need 0 <= initial_hosts <= max_hosts")
+        if self.autoscale_interval <= 0:
+            problems.append("autoscale_interval must be > 0")
         for name in ("scale_out_delay", "scale_in_delay", "replica_start", "migration_cost"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
@@ -98,7 +103,8 @@ class SimResult:
     policy: str
     metrics: dict[str, Any]
     delays: np.ndarray
-    #: (time_s, GPUs provisioned, GPUs bound to running cells, GPUs committed in the cluster), one row per change
+    #: (time_s, GPUs provisioned, GPUs bound to running cells, GPUs committed in the cluster: running cells, holds
+    #: and reservations), one row per change
     timeline: np.ndarray
     events: list[tuple] = field(repr=False, default_factory=list)
 
@@ -157,7 +163,9 @@ class Simulation:
         self._check_pending: set[str] = set()
         self._floored: dict[str, None] = {}
         self._delays: list[float] = []
-        self.migrations = self.scale_ins = 0
+        self.migrations = self.scale_ins = self.background_migrations = 0
+        self._autoscaler = False  # the policy sizes the cluster itself (SchedulerPolicy.autoscale)
+        self._removing: set[str] = set()
         self.clipped = 0
         self.peak_hosts = 0
         # gauges and their integrals
@@ -239,6 +247,8 @@ class Simulation:
             self._started(self.growth.start(len(self.cluster.hosts), self.config.host_gpus, self._new_host_id()))
 
     def _idle_watch(self, host_id: str) -> None:
+        if self._autoscaler:
+            return
         host = self.cluster.hosts.get(host_id)
         if host is None or host.replicas or host_id in self._check_pending:
             return
@@ -295,7 +305,6 @@ class Simulation:
         self._maybe_end(s)
 
     def _place(self, s: _S) -> bool:
-        kernel = self.cluster.kernels[s.kid]
         hosts = self.policy.place(self.cluster, s.kid, self.now)
         if hosts is None:
             if not s.logged_wait:
@@ -307,9 +316,6 @@ class Simulation:
         self._waiting_place.pop(s, None)
         self.growth.forget(s.kid)
         s.logged_wait = False
-        if kernel.running is not None:  # reserved at placement
-            self._reserved += len(kernel.running[1])
-            self._mark()
         self._touch(hosts)
         self._emit("placed", s, host=";".join(hosts), gpus=s.gpus)
         if hosts and self.config.replica_start > 0:
@@ -346,14 +352,11 @@ class Simulation:
     def _schedule(self, s: _S):
         cluster = self.cluster
         kernel = cluster.kernels[s.kid]
-        had = kernel.running is not None
         d = self.policy.schedule_cell(cluster, s.kid, self.now)
         kind = type(d)
         if kind is Run:
             self.policy.dequeue(s.kid)
             self.growth.forget(s.kid)
-            if not had and kernel.running is not None:
-                self._reserved += len(kernel.running[1])
             start = self.now + self._overhead
             delay = start - s.clock
             self._delays.append(delay)
@@ -365,7 +368,9 @@ class Simulation:
         elif kind is Migrate:
             self.policy.dequeue(s.kid)
             old = kernel.replicas[d.replica_id].host_id
-            new = cluster.place_replica(s.kid, d.to_host)
+            # (the policy reserved the cell's GPUs on to_host: the new replica adopts them, and runs the cell once
+            # it is up)
+            new = cluster.place_replica(s.kid, d.to_host, ready_at=self.now + self.config.migration_cost)
             cluster.remove_replica(s.kid, d.replica_id, self.now)
             self._touch([old, d.to_host])
             self.migrations += 1
@@ -393,10 +398,10 @@ class Simulation:
         kernel = cluster.kernels[s.kid]
         running = kernel.running
         host_id = kernel.replicas[running[0]].host_id if running is not None else ""
-        self.policy.cell_finished(cluster, s.kid, self.now)
-        freed = running is not None and kernel.running is None
-        if freed:
-            self._reserved -= len(running[1])
+        hold_until = self.policy.cell_finished(cluster, s.kid, self.now)
+        if hold_until is not None:
+            self._push(hold_until, _HOLD, s)
+        freed = running is not None and kernel.running is None  # (held GPUs are free to other kernels' cells too)
         self._running -= s.bound
         s.bound = 0
         self._mark()
@@ -412,7 +417,7 @@ class Simulation:
         elif s.next_cell < len(cells) and cells[s.next_cell].submit is None:
             self._push(self.now + cells[s.next_cell].think, _SUBMIT, s)
         self._maybe_end(s)
-        if freed:
+        if freed or hold_until is not None:
             self._retry_cells()
 
     def _maybe_end(self, s: _S) -> None:
@@ -440,8 +445,8 @@ class Simulation:
         self.policy.withdraw(cluster, s.kid)
         kernel = cluster.kernels[s.kid]
         hosts = [r.host_id for r in kernel.replicas.values()]
-        if kernel.running is not None:
-            self._reserved -= len(kernel.running[1])
+        if kernel.held is not None:
+            hosts.append(kernel.held.host_id)
         cluster.remove_kernel(s.kid, self.now)
         self._touch(hosts)
         self._mark()
@@ -454,6 +459,72 @@ class Simulation:
         if hosts:
             self._retry_cells()
             self._retry_placements()
+
+    # -- holds and the policy's autoscaler -----------------------------------------------------------------------
+    def _on_hold(self, s: _S) -> None:
+        if s.ended:
+            return
+        host_id = self.policy.hold_lapsed(self.cluster, s.kid, self.now)
+        if host_id is not None:
+            self._idle_watch(host_id)
+            self._retry_cells()
+
+    def _on_autoscale(self, _: Any) -> None:
+        rebalance = self.policy.autoscale(self.cluster, self.now, len(self.growth.pending))
+        if rebalance is None:
+            return  # the policy has no autoscaler: the idle-host rule scales in, ScaleOut decisions out
+        if not self._autoscaler:
+            self._autoscaler = True
+            self._check_pending.clear()
+        for _ in range(rebalance.add_hosts):
+            p = self.growth.start(len(self.cluster.hosts), self.config.host_gpus, self._new_host_id())
+            if p is None:
+                break
+            self._started(p)
+        for move in rebalance.moves:
+            self._background_move(move)
+        for host_id in rebalance.remove_hosts:
+            if host_id not in self._removing:
+                self._removing.add(host_id)
+                self._push(self.now + self.config.scale_in_delay, _REMOVE, host_id)
+        if rebalance:
+            self._touch(None)
+        if self._left:
+            self._push(self.now + self.config.autoscale_interval, _AUTOSCALE, None)
+
+    def _background_move(self, move: Move) -> None:
+        kernel = self.cluster.kernels[move.kernel_id]
+        kernel.replicas[move.new_replica_id].ready_at = self.now + self.config.migration_cost
+        self.background_migrations += 1
+        s = self._by_kid[move.kernel_id]
+        self._emit("move", s, "", move.to_host, s.gpus, "", f"replica={move.replica_id} "
+                   f"from={kernel.replicas[move.replica_id].host_id} new_replica={move.new_replica_id}")
+        self._push(self.now + self.config.migration_cost, _MOVED, move)
+
+    def _on_moved(self, move: Move) -> None:
+        kernel = self.cluster.kernels.get(move.kernel_id)
+        if kernel is None or move.replica_id not in kernel.replicas or move.new_replica_id not in kernel.replicas:
+            return  # the kernel ended meanwhile
+        old = kernel.replicas[move.replica_id].host_id
+        self.cluster.remove_replica(move.kernel_id, move.replica_id, self.now)
+        self._touch([old])
+
+    def _on_remove(self, host_id: str) -> None:
+        self._removing.discard(host_id)
+        cluster = self.cluster
+        host = cluster.hosts.get(host_id)
+        if host is None or not host.draining or host.replicas or host.committed:
+            return
+        if len(cluster.hosts) <= self.config.min_hosts:
+            host.draining = False
+            self._touch([host_id])
+            return
+        cluster.remove_host(host_id)
+        self._prov -= host.gpus
+        self.scale_ins += 1
+        self._touch([host_id])
+        self._emit("scale_in", host=host_id, gpus=host.gpus)
+        self._mark()
 
     # -- waiting ---------------------------------------------------------------------------------------------
     def _max_free_gpus(self) -> int:
@@ -498,9 +569,15 @@ class Simulation:
                 raise AccountingError(f"host {host.id}: {len(host.committed)} of {host.gpus} GPUs committed")
             for dev, (kid, rid) in host.committed.items():
                 kernel = cluster.kernels.get(kid)
-                if not 0 <= dev < host.gpus or kernel is None or kernel.running is None \
-                        or kernel.running[0] != rid or dev not in kernel.running[1] \
-                        or kernel.replicas[rid].host_id != host.id:
+                if dev in host.held:
+                    hold = kernel.held if kernel is not None else None
+                    ok = (hold is not None and host.held[dev] == kid and hold.host_id == host.id
+                          and dev in hold.devices and hold.replica_id == rid
+                          and (rid is None or kernel.replicas[rid].host_id == host.id))
+                else:
+                    ok = (kernel is not None and kernel.running is not None and kernel.running[0] == rid
+                          and dev in kernel.running[1] and kernel.replicas[rid].host_id == host.id)
+                if not 0 <= dev < host.gpus or not ok:
                     raise AccountingError(f"host {host.id}: device {dev} held by {kid}/{rid} inconsistently")
             total += len(host.committed)
             if host.subscribed_gpus < 0:
@@ -530,6 +607,7 @@ class Simulation:
         self._mark()
         for s in states:
             self._push(s.sess.start, _START, s)
+        self._push(t0, _AUTOSCALE, None)
         if self.progress:
             try:
                 from tqdm import tqdm
@@ -538,7 +616,8 @@ class Simulation:
                 self._bar = None
         handlers = {_START: self._on_start, _SUBMIT: self._on_submit, _READY: self._on_ready,
                     _END_CELL: self._on_end_cell, _RETRY: self._retry_one, _STOP: self._on_stop,
-                    _END: self._on_end, _ONLINE: self._on_online, _CHECK: self._on_check}
+                    _END: self._on_end, _ONLINE: self._on_online, _CHECK: self._on_check, _HOLD: self._on_hold,
+                    _AUTOSCALE: self._on_autoscale, _MOVED: self._on_moved, _REMOVE: self._on_remove}
         heap = self._heap
         pop = heapq.heappop
         check = self.check
@@ -551,6 +630,9 @@ class Simulation:
                     self._advance(t)
                 self.now = t
                 handlers[kind](obj)
+                if self.cluster.n_committed != self._reserved:
+                    self._reserved = self.cluster.n_committed
+                    self._mark()
                 if check:
                     self._check_invariants()
         finally:
@@ -583,6 +665,7 @@ class Simulation:
             "immediate_start_fraction": (float((delays <= self.config.immediate_threshold).mean())
                                          if len(delays) else None),
             "migrations": self.migrations,
+            "background_migrations": self.background_migrations,
             "scale_outs": self.growth.started,
             "scale_ins": self.scale_ins,
             "events": self._nlog,

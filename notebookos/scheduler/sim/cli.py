@@ -7,6 +7,7 @@ the ``sim`` subcommand on the ``notebookos`` command's subparsers (handler in ``
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -18,9 +19,12 @@ Replay notebook sessions against each scheduling policy in simulated time (discr
 sockets) and compare GPU-hours provisioned and committed, cell start delays, migrations and autoscaling.
 
 Workloads (--format): 'tiresias' (Tiresias job CSV job_id,num_gpu,submit_time,iterations,model_name,duration,
-interval; minutes; each job is a one-cell session), 'sessions' (CSV session_id,event,time_s,gpus,duration_s with
-events start/cell/stop; seconds), or 'synthetic' (seeded generator; the default without --trace). The formats are
-described in notebookos/scheduler/sim/traces.py. With --trace and no --format the format is read off the header.
+interval; minutes; each job is a one-cell session, or with --group-sessions consecutive jobs are grouped back into
+sessions), 'sessions' (CSV session_id,event,time_s,gpus,duration_s with events start/cell/stop; seconds),
+'synthetic' (the default without --trace: seeded notebook sessions whose defaults match a real month, about 900
+sessions and 31,000 cells in 30 days) or 'synthetic-legacy' (the earlier default generator: 2,000 sessions of 6
+cells a month, for reproducing earlier results). The formats and generators are described in
+notebookos/scheduler/sim/traces.py. With --trace and no --format the format is read off the header.
 
 Writes to --out: summary.json (per policy: gpu_hours_provisioned, gpu_hours_committed, interactivity_delay_p50_s,
 interactivity_delay_p99_s, immediate_start_fraction, migrations, scale_outs, scale_ins, events, wall_seconds, ...),
@@ -30,7 +34,9 @@ line and the problem."""
 
 EPILOG = """\
 examples:
-  notebookos sim --days 30 --sessions 2000 --out sim-month
+  notebookos sim --days 30 --out sim-month
+  notebookos sim --format synthetic-legacy --out sim-legacy    # the earlier default workload
+  notebookos sim --trace jobs.csv --format tiresias --group-sessions --session-gap 30
   notebookos sim --trace philly.csv --format tiresias --policies notebookos,reservation --max-hosts 128
   notebookos sim --trace sessions.csv --initial-hosts 1 --host-gpus 2 --scale-out-delay 0"""
 
@@ -69,14 +75,46 @@ def _gpu_mix(text: str) -> tuple[tuple[int, float], ...]:
     return pairs
 
 
+#: generator keyword (synthetic_sessions or synthetic; also the option's dest) -> its option; --days/--hours
+#: give ``hours``
+GENERATOR_OPTIONS = {
+    "seed": "--seed", "sessions": "--sessions", "cells_per_session": "--cells-per-session",
+    "cells_median": "--cells-median", "gap_median_s": "--gap-median", "gap_mean_s": "--gap-mean",
+    "busy_fraction": "--busy-fraction", "cell_median_s": "--cell-median", "gpu_mix": "--gpu-mix",
+    "diurnal": "--diurnal", "diurnal_peak_hour": "--diurnal-peak", "carry_over_days": "--carry-over",
+    "close_at_end": "--close-at-end",
+    "think_time_s": "--think-time", "cell_mean_s": "--cell-mean", "linger_s": "--linger",
+}
+
+
+def _defaults(function) -> dict:
+    """A generator's keyword defaults (the help text quotes them, run() fills in what was not given)."""
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .traces import TRACE_FORMATS
+    from .traces import DEFAULT_SESSION_GAP_S, SESSIONS_PER_DAY, TRACE_FORMATS, synthetic, synthetic_sessions
 
     io = p.add_argument_group("input and output")
     io.add_argument("--trace", metavar="PATH", help="Trace file (tiresias or sessions CSV). Without it, a synthetic "
                     "workload is generated.")
     io.add_argument("--format", choices=TRACE_FORMATS, default=None,
-                    help="Trace format (default: read off the trace's header; synthetic without --trace).")
+                    help="Trace format or generator (default: read off the trace's header; without --trace "
+                    "'synthetic', the generator matched to a real month of notebook sessions; "
+                    "'synthetic-legacy' is the earlier default generator, kept to reproduce earlier results).")
+    io.add_argument("--group-sessions", action="store_true",
+                    help="tiresias: group jobs back into sessions. In job_id order (numeric when all ids are "
+                    "integers, else the file's order) a job joins the session of the job before it, unless its "
+                    "submit time is earlier than that job's (the next session begins) or it comes more than "
+                    "--session-gap minutes after that job's end (submit_time + duration). A session starts at its "
+                    "first job's submit time, its cells are its jobs at their own submit times and durations, and "
+                    "it asks for the largest num_gpu of its jobs (one kernel, one GPU request). Without it each "
+                    "job is its own one-cell session.")
+    io.add_argument("--session-gap", type=_float(0), default=None, metavar="MINUTES",
+                    help="With --group-sessions: the longest pause from a job's end to the next job's submission "
+                    f"within a session (default: {DEFAULT_SESSION_GAP_S / 60:g} min: in the default synthetic "
+                    "workload, gaps of median 3 min and mean 28 min, 92%% of the gaps within a session are "
+                    "shorter, so an hour splits sessions only at the long pauses of their tail).")
     io.add_argument("--policies", default="notebookos,reservation,batch", metavar="NAMES",
                     help="Comma-separated policies to compare, from the notebookos.scheduler_policies entry points "
                     "(default: %(default)s).")
@@ -84,28 +122,72 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument("--no-plots", action="store_true", help="Do not draw the plots.")
     io.add_argument("--quiet", "-q", action="store_true", help="Print nothing but errors.")
 
-    syn = p.add_argument_group("synthetic workload (--format synthetic)")
-    syn.add_argument("--seed", type=int, default=0, help="Random seed (default: %(default)s).")
-    syn.add_argument("--sessions", type=_float(0), default=2000.0,
-                     help="Expected number of sessions over the period: arrivals are a Poisson process of rate "
-                     "sessions/period (default: %(default)g).")
+    # Defaults are None here and filled in from the generator's own keyword defaults by run(), so the two cannot
+    # drift apart, and so that an option of the other generator can be told apart and refused.
+    new, old = _defaults(synthetic_sessions), _defaults(synthetic)
+    syn = p.add_argument_group("synthetic workload (--format synthetic, the default without --trace; the options "
+                               "marked 'both' also apply to --format synthetic-legacy)")
+    syn.add_argument("--seed", dest="seed", type=_int(0), default=None, metavar="N",
+                     help=f"Random seed; both (default: {new['seed']}).")
+    syn.add_argument("--sessions", dest="sessions", type=_float(0), default=None, metavar="N",
+                     help="Expected number of sessions over the period: arrivals are a Poisson process; both "
+                     f"(default: synthetic {SESSIONS_PER_DAY:g} a day, {SESSIONS_PER_DAY * 30:g} over 30 days; "
+                     f"synthetic-legacy {old['sessions']:g} whatever the period).")
     span = syn.add_mutually_exclusive_group()
     span.add_argument("--days", type=_float(0, strict=True), default=None,
-                      help="Length of the arrival period in days (default: 30).")
+                      help=f"Length of the period in days; both (default: {new['hours'] / 24:g}).")
     span.add_argument("--hours", type=_float(0, strict=True), default=None,
-                      help="Length of the arrival period in hours.")
-    syn.add_argument("--cells-per-session", type=_float(1), default=6.0,
-                     help="Mean cells per session (geometric, >= 1; default: %(default)g).")
-    syn.add_argument("--think-time", type=_float(0), default=1800.0, metavar="SECONDS",
-                     help="Mean think time before each cell (exponential; default: %(default)g s).")
-    syn.add_argument("--cell-median", type=_float(0, strict=True), default=300.0, metavar="SECONDS",
-                     help="Median cell duration (lognormal; default: %(default)g s = 5 min).")
-    syn.add_argument("--cell-mean", type=_float(0, strict=True), default=3300.0, metavar="SECONDS",
-                     help="Mean cell duration (lognormal, >= median; default: %(default)g s = 55 min).")
-    syn.add_argument("--linger", type=_float(0), default=3600.0, metavar="SECONDS",
-                     help="Mean time a notebook stays open after its last cell (exponential; default: %(default)g s).")
-    syn.add_argument("--gpu-mix", type=_gpu_mix, default="1:0.49,4:0.20,8:0.31", metavar="G:P,...",
-                     help="GPUs per session and their probabilities (default: %(default)s).")
+                      help="Length of the period in hours; both.")
+    syn.add_argument("--cells-per-session", dest="cells_per_session", type=_float(1), default=None, metavar="N",
+                     help="Mean cells per session; both (synthetic: lognormal count, heavy tailed, default "
+                     f"{new['cells_per_session']:g}; synthetic-legacy: geometric, default "
+                     f"{old['cells_per_session']:g}).")
+    syn.add_argument("--cells-median", dest="cells_median", type=_float(1), default=None, metavar="N",
+                     help="Median cells per session (lognormal count, <= --cells-per-session; default: "
+                     f"{new['cells_median']:g}).")
+    syn.add_argument("--gap-median", dest="gap_median_s", type=_float(0, strict=True), default=None,
+                     metavar="SECONDS", help="Median gap from the end of a cell to the submission of the next "
+                     "(lognormal; also the wait before the first cell and the time the notebook stays open after "
+                     f"the last; default: {new['gap_median_s']:g} s = {new['gap_median_s'] / 60:g} min).")
+    syn.add_argument("--gap-mean", dest="gap_mean_s", type=_float(0, strict=True), default=None,
+                     metavar="SECONDS", help="Mean of that gap (>= --gap-median; default: "
+                     f"{new['gap_mean_s']:g} s = {new['gap_mean_s'] / 60:g} min).")
+    syn.add_argument("--busy-fraction", dest="busy_fraction", type=_float(0, strict=True), default=None,
+                     metavar="F",
+                     help="Fraction of the sessions' spans (start to end) their GPUs are busy, cells started at "
+                     "once, below 1; sets the mean cell duration to F/(1-F) x (N+1)/N x --gap-mean, N being "
+                     f"--cells-per-session (default: {new['busy_fraction']:g}: a mean cell of 56 min).")
+    syn.add_argument("--cell-median", dest="cell_median_s", type=_float(0, strict=True), default=None,
+                     metavar="SECONDS", help="Median cell duration (lognormal); both (default: "
+                     f"{new['cell_median_s']:g} s = {new['cell_median_s'] / 60:g} min).")
+    syn.add_argument("--gpu-mix", dest="gpu_mix", type=_gpu_mix, default=None, metavar="G:P,...",
+                     help="GPUs per session and their probabilities; both (default: "
+                     f"{','.join(f'{g}:{q:g}' for g, q in new['gpu_mix'])}).")
+    syn.add_argument("--diurnal", dest="diurnal", type=_float(0), default=None, metavar="AMPLITUDE",
+                     help="Daily shape of the arrival rate, 1 + AMPLITUDE x cos(time of day - peak), 0 to 1 "
+                     f"(default: {new['diurnal']:g}, a flat rate: the month's statistics say nothing of the time "
+                     "of day).")
+    syn.add_argument("--diurnal-peak", dest="diurnal_peak_hour", type=_float(0), default=None, metavar="HOUR",
+                     help="Hour of the day (0 to 24, time 0 is midnight) of the arrival rate's peak with "
+                     f"--diurnal (default: {new['diurnal_peak_hour']:g}).")
+    syn.add_argument("--carry-over", dest="carry_over_days", type=_float(0), default=None, metavar="DAYS",
+                     help="The period is a window onto a steady stream of sessions: sessions also arrive in the DAYS "
+                     "before it, and those still open at its start are in it from its start (0: it starts with no "
+                     f"session open; default: {new['carry_over_days']:g}, about 60 sessions at the default rate).")
+    syn.add_argument("--close-at-end", dest="close_at_end", action=argparse.BooleanOptionalAction, default=None,
+                     help="Close the sessions still open at the end of the period: cells they would submit later "
+                     "are dropped and a running one is cut there (default: on; --no-close-at-end lets them run to "
+                     "their end, which can be months later with these tails).")
+
+    leg = p.add_argument_group("legacy synthetic workload (--format synthetic-legacy only)")
+    leg.add_argument("--think-time", dest="think_time_s", type=_float(0), default=None, metavar="SECONDS",
+                     help=f"Mean think time before each cell (exponential; default: {old['think_time_s']:g} s).")
+    leg.add_argument("--cell-mean", dest="cell_mean_s", type=_float(0, strict=True), default=None,
+                     metavar="SECONDS", help="Mean cell duration (lognormal, >= median; default: "
+                     f"{old['cell_mean_s']:g} s = {old['cell_mean_s'] / 60:g} min).")
+    leg.add_argument("--linger", dest="linger_s", type=_float(0), default=None, metavar="SECONDS",
+                     help="Mean time a notebook stays open after its last cell (exponential; default: "
+                     f"{old['linger_s']:g} s).")
 
     cl = p.add_argument_group("cluster model")
     cl.add_argument("--host-gpus", type=_int(1), default=8, help="GPUs per host (default: %(default)s).")
@@ -170,12 +252,29 @@ def _error(message: str) -> int:
     return 2
 
 
+def _generator_args(fmt: str, args: argparse.Namespace, hours: float) -> dict:
+    """All keyword arguments of the ``fmt`` generator: the options given, else the generator's defaults. An option
+    of the other generator is refused (ValueError) rather than silently ignored."""
+    from .traces import GENERATORS, SESSIONS_PER_DAY
+
+    defaults = _defaults(GENERATORS[fmt])
+    given = {kw: getattr(args, kw) for kw in GENERATOR_OPTIONS if getattr(args, kw, None) is not None}
+    foreign = [GENERATOR_OPTIONS[kw] for kw in given if kw not in defaults]
+    if foreign:
+        other = next(f for f in GENERATORS if f != fmt)
+        raise ValueError(f"{', '.join(foreign)}: option(s) of --format {other}, not of {fmt}")
+    params = {**defaults, **given, "hours": hours}
+    if params["sessions"] is None:  # synthetic's default: a rate, so that --days 7 gives a week of it
+        params["sessions"] = SESSIONS_PER_DAY * hours / 24.0
+    return params
+
+
 def run(args: argparse.Namespace) -> int:
     """The ``sim`` handler: returns the exit status."""
     from ..policy import available_policies
     from . import report
     from .engine import SimConfig, Simulation
-    from .traces import TraceError, load_trace
+    from .traces import DEFAULT_SESSION_GAP_S, GENERATORS, TraceError, load_trace, sniff_format
 
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
     policies = available_policies()
@@ -196,18 +295,26 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.format
     if fmt is None and args.trace is None:
         fmt = "synthetic"
-    synthetic_args = dict(seed=args.seed, sessions=args.sessions, hours=hours,
-                          cells_per_session=args.cells_per_session, think_time_s=args.think_time,
-                          cell_median_s=args.cell_median, cell_mean_s=args.cell_mean, linger_s=args.linger,
-                          gpu_mix=tuple(args.gpu_mix) if not isinstance(args.gpu_mix, str) else _gpu_mix(args.gpu_mix))
+    synthetic_args = None
+    if fmt in GENERATORS:
+        try:
+            synthetic_args = _generator_args(fmt, args, hours)
+        except ValueError as e:
+            return _error(str(e))
+    if args.session_gap is not None and not args.group_sessions:
+        return _error("--session-gap needs --group-sessions")
+    group = dict(group_sessions=args.group_sessions, session_gap_s=(
+        args.session_gap * 60.0 if args.session_gap is not None else DEFAULT_SESSION_GAP_S))
     try:
-        sessions = load_trace(args.trace, fmt, **synthetic_args)
+        sessions = load_trace(args.trace, fmt, **group, **(synthetic_args or {}))
     except TraceError as e:
         return _error(str(e))
     except ValueError as e:
-        return _error(str(e))
+        # the generators name the keyword that is wrong; say which option that is
+        name = str(e).split(" ", 1)[0]
+        option = GENERATOR_OPTIONS.get(name) if synthetic_args is not None else None
+        return _error(f"{e} ({option})" if option else str(e))
     if fmt is None:
-        from .traces import sniff_format
         fmt = sniff_format(args.trace)
 
     instances = []
@@ -232,9 +339,13 @@ def run(args: argparse.Namespace) -> int:
         report.write_events(out / f"events_{r.policy}.csv", r.events)
     trace_info = {"format": fmt, "path": os.fspath(args.trace) if args.trace else None,
                   "sessions": len(sessions), "cells": sum(len(s.cells) for s in sessions)}
-    if fmt == "synthetic":
+    if synthetic_args is not None:  # the generator's parameters, all of them, so that the run can be repeated
         trace_info["synthetic"] = {k: (list(map(list, v)) if k == "gpu_mix" else v)
                                    for k, v in synthetic_args.items()}
+    elif fmt == "tiresias":
+        trace_info["group_sessions"] = group["group_sessions"]
+        if args.group_sessions:
+            trace_info["session_gap_s"] = group["session_gap_s"]
     from dataclasses import asdict
     cluster_info = {**asdict(config), "process_start": args.process_start,
                     "subscription_ratio": args.subscription_ratio}

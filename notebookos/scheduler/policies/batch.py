@@ -20,7 +20,8 @@ class BatchPolicy(IndexedPolicy):
       (no backfilling). The head of the line gets a *transient* replica (``cluster.place_replica``) on the host
       with the most free GPUs and its GPUs committed: :class:`Run`. Starting the process costs
       ``process_start_seconds`` before the cell runs (the simulator adds it to the cell's start; the GPUs are held
-      from the commit). With no room: :class:`ScaleOut` below ``max_hosts`` hosts, else :class:`Queue`.
+      from the commit). With no room, or behind other waiting cells: :class:`ScaleOut` below ``max_hosts`` hosts
+      (GPUs of a starting host are promised to it), else :class:`Queue`.
     - ``cell_finished`` releases the GPUs and removes the transient replica.
 
     Parameters (traitlets, ``c.BatchPolicy.<name>``): ``process_start_seconds`` (15.0), ``max_hosts`` (64),
@@ -45,7 +46,11 @@ class BatchPolicy(IndexedPolicy):
             raise AccountingError(f"kernel {kernel_id!r} already runs a cell on replica {kernel.running[0]}")
         waiting = self._waiting
         if waiting and next(iter(waiting)) != kernel_id and cluster.kernels.get(next(iter(waiting))) is not None:
-            return self._queue(cluster, kernel_id, now)  # FCFS: earlier cells go first
+            # FCFS: earlier cells go first. It still asks for GPUs of its own (a host starting for it), or a burst of
+            # cells would be served by one new host at a time.
+            if len(cluster.hosts) < self.max_hosts:
+                return ScaleOut(self.host_gpus)
+            return self._queue(cluster, kernel_id, now)
         gpus = kernel.request.gpus
         idx = self.index(cluster)
         host_id = idx.most_free(gpus)
@@ -61,7 +66,7 @@ class BatchPolicy(IndexedPolicy):
         self.dequeue(kernel_id)
         return Run(record.replica_id, host_id, devices)
 
-    def cell_finished(self, cluster: Cluster, kernel_id: str, now: float) -> None:
+    def cell_finished(self, cluster: Cluster, kernel_id: str, now: float) -> None:  # (no hold: returns None)
         kernel = cluster.kernels[kernel_id]
         if kernel.running is not None:
             replica_id = kernel.running[0]

@@ -133,3 +133,31 @@ def test_the_simulator_runs_the_autoscaler_deterministically_with_exact_accounti
     assert m["scale_ins"] > 0  # the autoscaler removed hosts as sessions ended
     if hold:
         assert m["gpu_hours_reserved"] > m["gpu_hours_committed"]  # holds kept GPUs between cells
+
+
+def test_batch_starts_a_host_for_each_waiting_cell_not_one_at_a_time():
+    from notebookos.scheduler.policies.batch import BatchPolicy
+
+    # Four 8-GPU sessions at once on one 8-GPU host: the three that wait each get a host starting for them.
+    sessions = [Session(id=f"s{i}", start=0.0, gpus=8, cells=[Cell(duration=600.0)]) for i in range(4)]
+    cfg = SimConfig(initial_hosts=1, max_hosts=8, scale_out_delay=120.0, scale_in_delay=60.0)
+    r = simulate(BatchPolicy(max_hosts=8, process_start_seconds=0.0), sessions, cfg, check=True)
+    assert r.metrics["scale_outs"] == 3
+    assert sorted(r.delays.tolist()) == [0.0, 120.0, 120.0, 120.0]
+
+
+def test_sim_cli_takes_any_policy_option_and_names_a_wrong_one(tmp_path, capsys):
+    import json
+
+    from notebookos.scheduler.sim.cli import main
+
+    out = tmp_path / "out"
+    args = ["--days", "1", "--out", str(out), "--no-plots", "-q", "--policies", "notebookos"]
+    assert main(args + ["--policy-option", "NotebookOSPolicy.committed_autoscale=True",
+                        "--policy-option", "NotebookOSPolicy.hold_seconds=300"]) == 0
+    autoscaled = json.loads((out / "summary.json").read_text())["policies"]
+    assert main(args) == 0
+    plain = json.loads((out / "summary.json").read_text())["policies"]
+    assert autoscaled != plain  # the options reached the policy
+    assert main(args + ["--policy-option", "NotebookOSPolicy.hold_secs=300"]) == 2
+    assert "NotebookOSPolicy has no option 'hold_secs'" in capsys.readouterr().err

@@ -49,3 +49,10 @@ def test_state_benchmark_runs(tmp_path):
     # The executor reports how long replication took after the cell ran; both parts are inside the cell's time.
     assert 0 < nb["capture_s"] and 0 < nb["commit_s"] and nb["capture_s"] + nb["commit_s"] < nb["cell_s"]
     assert results["untouched"]["notebookos"]["with_model_ms"] > 0
+
+
+def test_gpu_savings_benchmark_runs(tmp_path):
+    rows = _run("bench_gpu_savings.py", tmp_path)  # --quick: 3 days, 120 s scale-out
+    labels = [r["label"] for r in rows]
+    assert labels[0] == "reservation" and rows[0]["vs_reservation"] == 1.0
+    assert all(r["cells_run"] > 0 and r["vs_committed"] >= 1.0 for r in rows)

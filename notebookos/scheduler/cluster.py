@@ -113,16 +113,20 @@ class Cluster:
         self.kernels: dict[str, KernelRecord] = {}
         #: GPUs in every host's ``committed`` (running cells and holds), and of those the held ones
         self.n_committed = 0
+        #: bumped by every change made through these methods (a caller may skip work when it did not move)
+        self.version = 0
         self.n_held = 0
 
     # -- hosts -----------------------------------------------------------------------------------------------
     def add_host(self, host: Host) -> Host:
+        self.version += 1
         if host.id in self.hosts:
             raise ValueError(f"host {host.id!r} is already registered")
         self.hosts[host.id] = host
         return host
 
     def remove_host(self, host_id: str) -> Host:
+        self.version += 1
         host = self.hosts[host_id]
         if host.held and not host.replicas:
             self.drop_holds_on(host_id)  # reserved for replicas that never arrived
@@ -132,6 +136,7 @@ class Cluster:
 
     # -- kernels and replicas --------------------------------------------------------------------------------
     def add_kernel(self, kernel_id: str, request: ResourceRequest, now: float = 0.0) -> KernelRecord:
+        self.version += 1
         if kernel_id in self.kernels:
             raise ValueError(f"kernel {kernel_id!r} already exists")
         record = self.kernels[kernel_id] = KernelRecord(kernel_id, request, last_active=now, lease_renewed=now)
@@ -139,6 +144,7 @@ class Cluster:
 
     def place_replica(self, kernel_id: str, host_id: str, replica_id: int | None = None,
                       ready_at: float = 0.0) -> ReplicaRecord:
+        self.version += 1
         kernel, host = self.kernels[kernel_id], self.hosts[host_id]
         if any(r.host_id == host_id for r in kernel.replicas.values()):
             raise AccountingError(f"kernel {kernel_id!r} already has a replica on host {host_id!r}")
@@ -158,6 +164,7 @@ class Cluster:
         return record
 
     def remove_replica(self, kernel_id: str, replica_id: int, now: float = 0.0) -> None:
+        self.version += 1
         kernel = self.kernels[kernel_id]
         if kernel.running is not None and kernel.running[0] == replica_id:
             self.release(kernel_id, now)  # before the record goes: release() finds the host through it
@@ -183,6 +190,7 @@ class Cluster:
     def commit(self, kernel_id: str, replica_id: int, now: float = 0.0) -> tuple[int, ...]:
         """Bind the kernel's GPU request on the replica's host for one cell; returns the device ids. GPUs the kernel
         holds elsewhere are given up (it runs one cell at a time); use :meth:`resume` to run on held ones."""
+        self.version += 1
         kernel = self.kernels[kernel_id]
         if kernel.running is not None:
             raise AccountingError(f"kernel {kernel_id!r} already runs a cell on replica {kernel.running[0]}")
@@ -209,6 +217,7 @@ class Cluster:
         return kernel, replica_id, devices, self.hosts[kernel.replicas[replica_id].host_id]
 
     def release(self, kernel_id: str, now: float = 0.0) -> None:
+        self.version += 1
         kernel, replica_id, devices, host = self._running_cell(kernel_id)
         for d in devices:
             if host.committed.get(d) != (kernel_id, replica_id):
@@ -221,6 +230,7 @@ class Cluster:
     # -- holds (GPUs kept for a kernel's next cell) ----------------------------------------------------------
     def hold(self, kernel_id: str, until: float, now: float = 0.0) -> Hold:
         """The running cell ended: its executor keeps its GPUs (held, no cell running) until ``until``."""
+        self.version += 1
         kernel, replica_id, devices, host = self._running_cell(kernel_id)
         for d in devices:
             host.held[d] = kernel_id
@@ -233,6 +243,7 @@ class Cluster:
     def hold_for_arrival(self, kernel_id: str, host_id: str, until: float) -> Hold:
         """Reserve the kernel's GPUs on ``host_id`` for a replica migrating there (a firm hold: nobody else's
         cell takes them); the replica adopts them when it is placed there."""
+        self.version += 1
         kernel, host = self.kernels[kernel_id], self.hosts[host_id]
         if kernel.running is not None:
             raise AccountingError(f"kernel {kernel_id!r} runs a cell; it cannot hold GPUs elsewhere")
@@ -254,6 +265,7 @@ class Cluster:
 
     def resume(self, kernel_id: str, now: float = 0.0) -> tuple[int, ...]:
         """Run the kernel's next cell on the GPUs it holds (on the replica they are held for)."""
+        self.version += 1
         kernel = self.kernels[kernel_id]
         hold = kernel.held
         if hold is None or hold.replica_id is None or kernel.running is not None:
@@ -272,6 +284,7 @@ class Cluster:
 
     def drop_hold(self, kernel_id: str) -> Hold | None:
         """Give the kernel's held GPUs back (its hold lapsed, or another kernel's cell takes them)."""
+        self.version += 1
         kernel = self.kernels[kernel_id]
         hold, kernel.held = kernel.held, None
         if hold is None:

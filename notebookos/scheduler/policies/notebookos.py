@@ -70,9 +70,26 @@ class NotebookOSPolicy(IndexedPolicy):
     held_weight = Float(
         1.0, help="committed_autoscale: how much a held GPU counts toward the GPUs in use (1: like a running one; "
         "0: holds only use what spare room the running cells leave).").tag(config=True)
+    keep_room = Bool(
+        True, help="committed_autoscale: move (in the background) a replica of each idle kernel none of whose "
+        "replicas' hosts could start its next cell at once to a host that could, and add a host when none "
+        "can.").tag(config=True)
+    max_moves = Int(32, help="committed_autoscale: most background moves started per autoscaler pass.").tag(
+        config=True)
+    consolidate_after = Float(
+        300.0, help="committed_autoscale: seconds after the cluster last had to grow (a host added, or a cell "
+        "that found no room) before hosts are consolidated again; consolidation empties one host per pass. "
+        "Keeps the autoscaler from removing a host it will need again at once.").tag(config=True)
     migration_hold_seconds = Float(
         300.0, help="Seconds a migration's target GPUs stay reserved for the kernel whose replica moves there "
         "(the cell runs there once the replica is up).").tag(config=True)
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._grew_at = float("-inf")  # when the cluster last had to grow (see consolidate_after)
+        #: (cluster, its version, whether consolidation was allowed, starting hosts) of the last autoscaler pass
+        #: that wanted nothing: the same state wants nothing again
+        self._quiet: tuple | None = None
 
     # -- placement -------------------------------------------------------------------------------------------
     def _candidates(self, cluster: Cluster, kernel: KernelRecord, need: int) -> list[str]:
@@ -180,6 +197,7 @@ class NotebookOSPolicy(IndexedPolicy):
                 return Migrate(source, target)
 
         if len(hosts) < self.max_hosts:
+            self._grew_at = now
             return ScaleOut(self.host_gpus)
         return self._queue(cluster, kernel_id, now)
 
@@ -222,6 +240,14 @@ class NotebookOSPolicy(IndexedPolicy):
     def autoscale(self, cluster: Cluster, now: float, starting: int) -> Rebalance | None:
         if not self.committed_autoscale:
             return None
+        state = (id(cluster), cluster.version, now - self._grew_at >= self.consolidate_after, starting)
+        if state == self._quiet:
+            return Rebalance()
+        rebalance = self._autoscale(cluster, now, starting)
+        self._quiet = None if rebalance else (id(cluster), cluster.version, *state[2:])
+        return rebalance
+
+    def _autoscale(self, cluster: Cluster, now: float, starting: int) -> Rebalance:
         hosts = cluster.hosts
         target = self.target_hosts(cluster)
         draining = [h for h in hosts.values() if h.draining]
@@ -236,12 +262,21 @@ class NotebookOSPolicy(IndexedPolicy):
             remove = tuple(h for h in remove if hosts[h].draining)
             room = self.max_hosts - len(hosts) + len(remove) - starting
             self.refresh(cluster, [h.id for h in draining])
+            self._grew_at = now
             return Rebalance(max(0, min(short, room)), (), remove)
         moves: list[Move] = []
-        if starting == 0 and active > target:
-            candidates = self._consolidation_candidates(cluster, active - target)
+        short_of_room = 0
+        if self.keep_room:
+            room_moves, short_of_room = self._make_room(cluster, now)
+            moves.extend(room_moves)
+        if short_of_room and starting == 0:
+            self._grew_at = now
+            return Rebalance(min(1, self.max_hosts - len(hosts)), tuple(moves), remove)
+        if starting == 0 and active > target and now - self._grew_at >= self.consolidate_after:
+            candidates = self._consolidation_candidates(cluster, 1)
             for host in candidates:  # all draining first: none is a target of another's moves
                 host.draining = True
+                cluster.drop_holds_on(host.id)
             self.refresh(cluster, [h.id for h in candidates])
             for i, host in enumerate(candidates):
                 planned = self._plan_moves(cluster, host, now)
@@ -255,11 +290,65 @@ class NotebookOSPolicy(IndexedPolicy):
                     remove += (host.id,)
         return Rebalance(0, tuple(moves), remove)
 
+    def _make_room(self, cluster: Cluster, now: float) -> tuple[list[Move], int]:
+        """Background moves so that each idle kernel has a replica on a host with room for its next cell (GPUs
+        free or only softly held); returns them and how many kernels are left without room (no host has it)."""
+        hosts = cluster.hosts
+        idx = self.index(cluster)
+        cap = self.max_subscription_ratio
+        moves: list[Move] = []
+        short = 0
+        for kernel in cluster.kernels.values():
+            if kernel.running is not None or kernel.held is not None or not kernel.replicas:
+                continue
+            gpus = kernel.request.gpus
+            where = [hosts[r.host_id] for r in kernel.replicas.values()]
+            if len(where) > self.replicas_per_kernel or any(
+                    not h.draining and free_gpu_count(h) >= gpus for h in where):
+                continue  # (more replicas than usual: a move of it is under way)
+            if len(moves) >= self.max_moves:
+                break
+            holders = {h.id for h in where}
+
+            def accept(h, holders=holders, gpus=gpus):
+                return h.id not in holders and h.subscribed_gpus + gpus <= cap * h.gpus
+
+            # The most subscribed host with room: a few hosts with free GPUs become the room of many idle kernels
+            # (they rarely all need it at once), and the rest of the cluster packs.
+            target = max((h.id for h in hosts.values() if not h.draining and free_gpu_count(h) >= gpus
+                          and accept(h)), key=lambda h: (hosts[h].subscribed_gpus, h), default=None)
+            if target is None:
+                short += 1
+                continue
+            source = min(kernel.replicas.values(), key=lambda r: (not hosts[r.host_id].draining,
+                                                                  free_gpu_count(hosts[r.host_id]), r.replica_id))
+            new = cluster.place_replica(kernel.id, target)
+            idx.update(target)
+            moves.append(Move(kernel.id, source.replica_id, new.replica_id, target))
+        return moves, short
+
     def _consolidation_candidates(self, cluster: Cluster, count: int) -> list[Host]:
-        """Up to ``count`` hosts to empty: no GPU in use there, fewest replicas first."""
-        idle = [h for h in cluster.hosts.values() if not h.draining and not h.committed]
-        idle.sort(key=lambda h: (len(h.replicas), h.subscribed_gpus, h.id))
+        """Up to ``count`` hosts to empty: no cell running there and no firm hold; soft holds too only while they
+        count less than running cells (``held_weight`` < 1: they are given back). Fewest replicas first."""
+        keep_holds = self.held_weight >= 1.0
+        idle = [h for h in cluster.hosts.values() if not h.draining and len(h.committed) == len(h.held)
+                and not h.firm_held and not (keep_holds and h.held)]
+        idle.sort(key=lambda h: (len(h.held), len(h.replicas), h.subscribed_gpus, h.id))
+        if self.keep_room:  # not a host that is the only room an idle kernel has for its next cell
+            idle = [h for h in idle if not self._only_room(cluster, h)]
         return idle[:count]
+
+    def _only_room(self, cluster: Cluster, host: Host) -> bool:
+        hosts = cluster.hosts
+        for kernel_id, _ in host.replicas:
+            kernel = cluster.kernels[kernel_id]
+            if kernel.running is not None:
+                continue
+            gpus = kernel.request.gpus
+            if not any(r.host_id != host.id and not hosts[r.host_id].draining
+                       and free_gpu_count(hosts[r.host_id]) >= gpus for r in kernel.replicas.values()):
+                return True
+        return False
 
     def _plan_moves(self, cluster: Cluster, host: Host, now: float) -> list[Move] | None:
         """Place, on other hosts, a new replica for each replica on ``host`` (most subscribed hosts with room

@@ -7,7 +7,16 @@
 """
 
 from .engine import METRIC_KEYS, SimConfig, SimResult, Simulation, simulate
-from .traces import Cell, Session, TraceError, load_trace, read_sessions, read_tiresias, synthetic
+from .traces import (
+    Cell,
+    Session,
+    TraceError,
+    load_trace,
+    read_sessions,
+    read_tiresias,
+    synthetic,
+    synthetic_sessions,
+)
 
 __all__ = ["Cell", "METRIC_KEYS", "Session", "SimConfig", "SimResult", "Simulation", "TraceError", "load_trace",
-           "read_sessions", "read_tiresias", "simulate", "synthetic"]
+           "read_sessions", "read_tiresias", "simulate", "synthetic", "synthetic_sessions"]

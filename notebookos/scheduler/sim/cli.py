@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from traitlets.config import Config
+
 DESCRIPTION = """\
 Replay notebook sessions against each scheduling policy in simulated time (discrete events: no sleeping, no
 sockets) and compare GPU-hours provisioned and committed, cell start delays, migrations and autoscaling.
@@ -216,6 +218,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cl.add_argument("--placement", choices=("spread", "pack"), default="spread",
                     help="notebookos policy: replicas to the least subscribed hosts (spread) or to the most "
                     "subscribed that still fit (pack: fewer GPU-hours, more migrations; default: %(default)s).")
+    cl.add_argument("--policy-option", action="append", default=[], metavar="CLASS.TRAIT=VALUE",
+                    help="Any option of a policy, as in the scheduler's config "
+                    "(c.NotebookOSPolicy.committed_autoscale = True is --policy-option "
+                    "NotebookOSPolicy.committed_autoscale=True); repeatable, and it wins over the options above. "
+                    "`notebookos scheduler --help-all` lists the policies' options.")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -235,7 +242,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _policy_config(cls, args: argparse.Namespace) -> dict:
+def policy_options(items: list[str], classes: list[type]) -> Config:
+    """``--policy-option`` values as a traitlets Config; ValueError naming an option no chosen policy has."""
+    from traitlets.config.loader import KVArgParseConfigLoader
+
+    for item in items:
+        name, eq, _ = item.partition("=")
+        cls_name, dot, trait = name.partition(".")
+        if not eq or not dot or not trait:
+            raise ValueError(f"--policy-option {item!r}: expected CLASS.TRAIT=VALUE, e.g. "
+                             "NotebookOSPolicy.hold_seconds=300")
+        owners = [c for c in classes if cls_name in {k.__name__ for k in c.__mro__}]
+        if not owners:
+            raise ValueError(f"--policy-option {item!r}: no policy in --policies is a {cls_name} (they are "
+                             f"{', '.join(c.__name__ for c in classes)})")
+        if not any(trait in c.class_trait_names(config=True) for c in owners):
+            known = sorted({t for c in owners for t in c.class_trait_names(config=True)})
+            raise ValueError(f"--policy-option {item!r}: {cls_name} has no option {trait!r}; it has "
+                             f"{', '.join(known)}")
+    return KVArgParseConfigLoader(argv=[f"--{item}" for item in items]).load_config()
+
+
+def _policy_config(cls, args: argparse.Namespace, options: Config | None = None) -> dict:
     traits = cls.class_trait_names()
     config = {"max_hosts": args.max_hosts, "host_gpus": args.host_gpus}
     if "max_subscription_ratio" in traits:
@@ -244,6 +272,10 @@ def _policy_config(cls, args: argparse.Namespace) -> dict:
         config["process_start_seconds"] = args.process_start
     if "placement" in traits:
         config["placement"] = args.placement
+    if options:
+        given = {t for k in cls.__mro__ if k.__name__ in options for t in options[k.__name__]}
+        config = {k: v for k, v in config.items() if k not in given}
+        config["config"] = options
     return config
 
 
@@ -317,11 +349,15 @@ def run(args: argparse.Namespace) -> int:
     if fmt is None:
         fmt = sniff_format(args.trace)
 
+    try:
+        options = policy_options(args.policy_option, [policies[n] for n in names])
+    except ValueError as e:
+        return _error(str(e))
     instances = []
     for name in names:
         cls = policies[name]
         try:
-            policy = cls(**_policy_config(cls, args))
+            policy = cls(**_policy_config(cls, args, options))
         except Exception as e:  # a traitlets validation error
             return _error(f"policy {name!r}: {e}")
         if policy.replicas_per_kernel > config.max_hosts:

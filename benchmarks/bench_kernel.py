@@ -136,25 +136,39 @@ def idle_cpu(bench: Bench, seconds: float) -> dict[str, float]:
     return {k: 100 * (cpu_seconds(p) - before[k]) / seconds for k, p in pids.items()}
 
 
-def follower_clients(bench: Bench) -> dict[int, BlockingKernelClient]:
-    info = bench.control("notebookos_info_request")
-    clients = {}
-    for row in info["replicas"]:
-        if not row["alive"] or row["id"] == info["last_executor"]:
-            continue
-        kc = BlockingKernelClient(connection_file=row["connection_file"])
-        kc.load_connection_file()
-        kc.start_channels(shell=False, iopub=False, stdin=False, hb=False)
-        applied(kc)  # connect now, so connection setup is not counted as sync time
-        clients[row["id"]] = kc
-    return clients
+def follower_clients(bench: Bench, attempts: int = 4) -> dict[int, BlockingKernelClient]:
+    """Clients of the followers' control channels, each answering. A replica listed while the kernel starts may be
+    replaced meanwhile (its ports were taken: free_ports), so one that does not answer is looked up again."""
+    clients: dict[int, BlockingKernelClient] = {}
+    for attempt in range(attempts):
+        info = bench.control("notebookos_info_request")
+        followers = {row["id"]: row for row in info["replicas"]
+                     if row["alive"] and row["id"] != info["last_executor"]}
+        for rid in [r for r in clients if r not in followers]:
+            clients.pop(rid).stop_channels()
+        for rid, row in followers.items():
+            if rid in clients:
+                continue
+            kc = BlockingKernelClient(connection_file=row["connection_file"])
+            kc.load_connection_file()
+            kc.start_channels(shell=False, iopub=False, stdin=False, hb=False)
+            try:
+                applied(kc, timeout=10 if attempt + 1 < attempts else 30)  # connect now: not counted as sync time
+            except queue.Empty:
+                kc.stop_channels()
+                continue
+            clients[rid] = kc
+        if len(clients) == len(followers):
+            return clients
+        time.sleep(1.0)
+    raise RuntimeError(f"followers {sorted(set(followers) - set(clients))} do not answer on their control channel")
 
 
-def applied(kc: BlockingKernelClient) -> int:
+def applied(kc: BlockingKernelClient, timeout: float = 30) -> int:
     msg = kc.session.msg(protocol.STATUS_REQUEST, {})
     kc.control_channel.send(msg)
     while True:
-        reply = kc.control_channel.get_msg(timeout=30)
+        reply = kc.control_channel.get_msg(timeout=timeout)
         if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
             return reply["content"]["applied_index"]
 

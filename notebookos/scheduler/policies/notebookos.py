@@ -35,16 +35,22 @@ class NotebookOSPolicy(IndexedPolicy):
       kernel's next cell starts there at once (between a notebook's cells the median gap is minutes). Another
       kernel's cell on that host takes held GPUs back when it needs them, so a hold never makes a cell wait.
     - A kernel that lost replicas runs on the survivors; replacing them is the caller's (``place`` tops up).
-    - **Autoscaling** (``autoscale``, when ``committed_autoscale``): the cluster is sized from the GPUs in use
-      (running and held): ``ceil(scale_factor x in use / host GPUs) + spare_hosts`` hosts, and never fewer than
-      the replicas' subscriptions need under the cap. Past the target, hosts with no GPU in use are consolidated:
-      the replicas of idle kernels on them move in the background to the most subscribed hosts with room (never on
-      a cell's path), and the emptied hosts are removed. Without it, scale-out waits for a cell that finds no room
-      and scale-in for hosts idle past a limit (:meth:`idle_hosts`).
+    - **Committed-driven autoscaling** (``autoscale``, when ``committed_autoscale``): the cluster is sized from
+      the GPUs in use (running, and held weighted by ``held_weight``): ``ceil(scale_factor x in use / host GPUs) +
+      spare_hosts`` hosts, and never fewer than the replicas' subscriptions need under the cap. Each pass first
+      makes room (``keep_room``): an idle kernel none of whose replicas' hosts could start its next cell gets a
+      replica moved, in the background, to the most subscribed host that could (a host is added when none can).
+      Past the target, and ``consolidate_after`` seconds after the cluster last had to grow, one host with no cell
+      running (and no hold, unless holds weigh less than running cells) that is no idle kernel's only room is
+      consolidated per pass: the replicas on it move in the background to the most subscribed hosts with room under
+      the cap (never on a cell's path) and the emptied host is removed. Without it, scale-out waits for a cell that
+      finds no room and scale-in for hosts idle past a limit (:meth:`idle_hosts`).
 
     Parameters (traitlets, ``c.NotebookOSPolicy.<name>``): ``replicas_per_kernel`` (3), ``max_subscription_ratio``
-    (7.0), ``max_hosts`` (64), ``host_gpus`` (8), ``hold_seconds``, ``committed_autoscale``, ``scale_factor``,
-    ``spare_hosts``, ``migration_hold_seconds``, ``verify_misses`` (True).
+    (7.0), ``max_hosts`` (64), ``host_gpus`` (8), ``placement`` (spread), ``hold_seconds`` (0),
+    ``migration_hold_seconds`` (300), ``committed_autoscale`` (False), ``scale_factor`` (1.05), ``spare_hosts``
+    (1), ``held_weight`` (1), ``keep_room`` (True), ``max_moves`` (32), ``consolidate_after`` (300),
+    ``verify_misses`` (True).
     """
 
     name = "notebookos"

@@ -161,3 +161,16 @@ def test_sim_cli_takes_any_policy_option_and_names_a_wrong_one(tmp_path, capsys)
     assert autoscaled != plain  # the options reached the policy
     assert main(args + ["--policy-option", "NotebookOSPolicy.hold_secs=300"]) == 2
     assert "NotebookOSPolicy has no option 'hold_secs'" in capsys.readouterr().err
+
+
+def test_two_days_of_sessions_keep_exact_accounting_with_every_option_on():
+    from notebookos.scheduler.sim.traces import synthetic_sessions
+
+    policy = NotebookOSPolicy(committed_autoscale=True, hold_seconds=600.0, held_weight=0.3, placement="pack",
+                              max_subscription_ratio=10.0, max_hosts=60)
+    cfg = SimConfig(max_hosts=60, scale_out_delay=60.0, scale_in_delay=10.0)
+    r = simulate(policy, synthetic_sessions(seed=3, hours=48), cfg, check=True)  # checks after every event
+    m = r.metrics
+    assert m["unfinished_sessions"] == 0 and m["cells_run"] == m["cells"]
+    assert m["background_migrations"] > 0 and m["scale_ins"] > 0 and m["migrations"] > 0
+    assert m["gpu_hours_reserved"] >= m["gpu_hours_committed"]

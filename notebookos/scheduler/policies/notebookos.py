@@ -80,6 +80,9 @@ class NotebookOSPolicy(IndexedPolicy):
         True, help="committed_autoscale: move (in the background) a replica of each idle kernel none of whose "
         "replicas' hosts could start its next cell at once to a host that could, and add a host when none "
         "can.").tag(config=True)
+    room_hosts = Int(
+        1, help="keep_room: on how many of an idle kernel's replicas' hosts its next cell must find room (2 "
+        "survives another kernel's cell taking one of them).").tag(config=True)
     max_moves = Int(32, help="committed_autoscale: most background moves started per autoscaler pass.").tag(
         config=True)
     consolidate_after = Float(
@@ -96,6 +99,10 @@ class NotebookOSPolicy(IndexedPolicy):
         #: (cluster, its version, whether consolidation was allowed, starting hosts) of the last autoscaler pass
         #: that wanted nothing: the same state wants nothing again
         self._quiet: tuple | None = None
+        # what _make_room saw of each host, and the kernels it could not give room (see _kernels_to_check)
+        self._room_cluster: Cluster | None = None
+        self._host_sig: dict[str, tuple[int, int, bool]] = {}
+        self._unresolved: set[str] = set()
 
     # -- placement -------------------------------------------------------------------------------------------
     def _candidates(self, cluster: Cluster, kernel: KernelRecord, need: int) -> list[str]:
@@ -165,6 +172,7 @@ class NotebookOSPolicy(IndexedPolicy):
                 cluster.drop_hold(kernel_id)  # (a replica still starting keeps its hold: the cell waits for it)
                 idx.update(hold.host_id)
 
+        kernel_hold_host = kernel.held.host_id if kernel.held is not None else None
         order = [rid for rid in self.executor_order(cluster, kernel_id)
                  if kernel.replicas[rid].ready_at <= now and not hosts[kernel.replicas[rid].host_id].draining]
         for take_back in (False, True):
@@ -174,8 +182,8 @@ class NotebookOSPolicy(IndexedPolicy):
                 if free < gpus and not (take_back and free_gpu_count(host) >= gpus):
                     continue
                 self._take_back(cluster, host, gpus - free)
-                devices = cluster.commit(kernel_id, rid, now)
-                idx.update(host.id)
+                devices = cluster.commit(kernel_id, rid, now)  # (gives up a hold the kernel kept elsewhere)
+                idx.update_many([host.id] + ([kernel_hold_host] if kernel_hold_host else []))
                 self.dequeue(kernel_id)
                 return Run(rid, host.id, devices)
 
@@ -199,7 +207,7 @@ class NotebookOSPolicy(IndexedPolicy):
                 # The target's GPUs wait for the replica moving there (no other cell takes them meanwhile).
                 self._take_back(cluster, host, gpus - (host.gpus - len(host.committed)))
                 cluster.hold_for_arrival(kernel_id, target, now + self.migration_hold_seconds)
-                idx.update(target)
+                idx.update_many([target] + ([kernel_hold_host] if kernel_hold_host else []))
                 return Migrate(source, target)
 
         if len(hosts) < self.max_hosts:
@@ -304,15 +312,19 @@ class NotebookOSPolicy(IndexedPolicy):
         cap = self.max_subscription_ratio
         moves: list[Move] = []
         short = 0
-        for kernel in cluster.kernels.values():
-            if kernel.running is not None or kernel.held is not None or not kernel.replicas:
+        kernels = cluster.kernels
+        left: set[str] = set()
+        for i, kernel_id in enumerate(to_check := self._kernels_to_check(cluster)):
+            kernel = kernels.get(kernel_id)
+            if kernel is None or kernel.running is not None or kernel.held is not None or not kernel.replicas:
                 continue
             gpus = kernel.request.gpus
             where = [hosts[r.host_id] for r in kernel.replicas.values()]
-            if len(where) > self.replicas_per_kernel or any(
-                    not h.draining and free_gpu_count(h) >= gpus for h in where):
+            roomy = sum(1 for h in where if not h.draining and free_gpu_count(h) >= gpus)
+            if len(where) > self.replicas_per_kernel or roomy >= min(self.room_hosts, len(where)):
                 continue  # (more replicas than usual: a move of it is under way)
             if len(moves) >= self.max_moves:
+                left.update(to_check[i:])  # looked at next pass
                 break
             holders = {h.id for h in where}
 
@@ -325,13 +337,35 @@ class NotebookOSPolicy(IndexedPolicy):
                           and accept(h)), key=lambda h: (hosts[h].subscribed_gpus, h), default=None)
             if target is None:
                 short += 1
+                left.add(kernel_id)
                 continue
-            source = min(kernel.replicas.values(), key=lambda r: (not hosts[r.host_id].draining,
-                                                                  free_gpu_count(hosts[r.host_id]), r.replica_id))
+            source = min((r for r in kernel.replicas.values()
+                          if hosts[r.host_id].draining or free_gpu_count(hosts[r.host_id]) < gpus),
+                         key=lambda r: (not hosts[r.host_id].draining, free_gpu_count(hosts[r.host_id]),
+                                        r.replica_id))
             new = cluster.place_replica(kernel.id, target)
             idx.update(target)
             moves.append(Move(kernel.id, source.replica_id, new.replica_id, target))
+        self._unresolved = left
         return moves, short
+
+    def _kernels_to_check(self, cluster: Cluster) -> list[str]:
+        """The kernels whose room may have changed since the last pass: those with a replica on a host whose free
+        GPUs, replicas or draining changed, and those left without room then (sorted: the order must not depend on
+        string hashing). The first pass on a cluster checks every kernel."""
+        if self._room_cluster is not cluster:
+            self._room_cluster, self._host_sig, self._unresolved = cluster, {}, set()
+        sig = self._host_sig
+        check = set(self._unresolved)
+        for host in cluster.hosts.values():
+            now_sig = (free_gpu_count(host), len(host.replicas), host.draining)
+            if sig.get(host.id) != now_sig:
+                sig[host.id] = now_sig
+                check.update(k for k, _ in host.replicas)
+        if len(sig) > len(cluster.hosts):
+            for host_id in [h for h in sig if h not in cluster.hosts]:
+                del sig[host_id]
+        return sorted(check)
 
     def _consolidation_candidates(self, cluster: Cluster, count: int) -> list[Host]:
         """Up to ``count`` hosts to empty: no cell running there and no firm hold; soft holds too only while they

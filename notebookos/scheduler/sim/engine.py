@@ -487,8 +487,6 @@ class Simulation:
             if host_id not in self._removing:
                 self._removing.add(host_id)
                 self._push(self.now + self.config.scale_in_delay, _REMOVE, host_id)
-        if rebalance:
-            self._touch(None)
         if self._left:
             self._push(self.now + self.config.autoscale_interval, _AUTOSCALE, None)
 

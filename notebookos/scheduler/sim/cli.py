@@ -202,7 +202,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cl.add_argument("--scale-out-delay", type=_float(0), default=120.0, metavar="SECONDS",
                     help="From a scale-out decision to the new host being online (default: %(default)g s).")
     cl.add_argument("--scale-in-delay", "--idle-limit", dest="scale_in_delay", type=_float(0), default=1800.0,
-                    metavar="SECONDS", help="A host with no replicas this long is removed (default: %(default)g s).")
+                    metavar="SECONDS", help="A host with no replicas this long is removed (default: %(default)g s). "
+                    "Under a policy with its own autoscaler (--policy-option NotebookOSPolicy.committed_autoscale="
+                    "True) it is instead the time from the autoscaler's decision to remove a host to the host being "
+                    "gone (NotebookOS emulates 10 s).")
+    cl.add_argument("--autoscale-interval", type=_float(0, strict=True), default=30.0, metavar="SECONDS",
+                    help="How often a policy's own autoscaler is asked what it wants (default: %(default)g s).")
     cl.add_argument("--replica-start", type=_float(0), default=5.0, metavar="SECONDS",
                     help="Start-up of a kernel's replicas after placement; a cell submitted earlier waits "
                     "(default: %(default)g s; 0 models a prewarmed pool).")
@@ -320,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
         config = SimConfig(host_gpus=args.host_gpus, initial_hosts=args.initial_hosts, min_hosts=args.min_hosts,
                            max_hosts=args.max_hosts, scale_out_delay=args.scale_out_delay,
                            scale_in_delay=args.scale_in_delay, replica_start=args.replica_start,
-                           migration_cost=args.migration_cost)
+                           migration_cost=args.migration_cost, autoscale_interval=args.autoscale_interval)
     except ValueError as e:
         return _error(str(e))
     hours = args.hours if args.hours is not None else (args.days if args.days is not None else 30.0) * 24.0
@@ -384,7 +389,8 @@ def run(args: argparse.Namespace) -> int:
             trace_info["session_gap_s"] = group["session_gap_s"]
     from dataclasses import asdict
     cluster_info = {**asdict(config), "process_start": args.process_start,
-                    "subscription_ratio": args.subscription_ratio}
+                    "subscription_ratio": args.subscription_ratio,
+                    "policy_options": list(args.policy_option)}
     report.write_summary(out / "summary.json", results, trace_info, cluster_info)
     if not args.no_plots:
         t = time.perf_counter()

@@ -25,6 +25,11 @@ The cluster model (:class:`SimConfig`):
   released, a host comes online or goes away, or a session ends.
 - A host with no replicas for ``scale_in_delay`` seconds is removed (the rule of
   ``SchedulerPolicy.idle_hosts``, which is called instead when a policy overrides it).
+- A policy with its own autoscaler (``SchedulerPolicy.autoscale`` answers a :class:`~notebookos.scheduler.policy.
+  Rebalance`, asked every ``autoscale_interval`` seconds) replaces that rule: hosts it adds come online after
+  ``scale_out_delay``; its background moves take ``migration_cost`` (the new replica runs cells only then, and the
+  old one goes then; no cell waits for them); a host it removes is gone ``scale_in_delay`` seconds later (and
+  provisioned until then). Soft holds end when the policy's ``cell_finished`` said they lapse.
 
 Metrics (:class:`SimResult.metrics`): GPU-hours provisioned (GPUs online x time, from the first session's start to
 the last session's end), committed (GPUs bound to cells from their Run to their end: for ``batch`` this includes the

@@ -3,8 +3,11 @@ the free ports it is given."""
 
 from __future__ import annotations
 
+import heapq
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 
@@ -15,17 +18,37 @@ def replica_command(connection_file: Path, config_file: Path, python: str = sys.
             f"--IPKernelApp.log_level={log_level}"]
 
 
-def free_ports(host: str, count: int) -> list[int]:
-    """``count`` TCP ports free on ``host`` just now (bound and released; a replica that loses the race to another
-    process fails to bind and is replaced)."""
-    socks, ports = [], []
-    try:
+#: How long a port handed out by :func:`free_ports` stays reserved for the replica it was chosen for.
+PORT_HOLD_SECONDS = 120.0
+
+_held: list[tuple[float, int, socket.socket]] = []  # a heap of (release time, fd, bound socket)
+_held_lock = threading.Lock()
+
+
+def free_ports(host: str, count: int, hold: float = PORT_HOLD_SECONDS) -> list[int]:
+    """``count`` distinct TCP ports free on ``host``, each kept reserved for ``hold`` seconds.
+
+    A port chosen by binding port 0 and closing the socket is free again at once: the next ``bind(0)`` here or in
+    any process on the machine (another replica's ports, a Jupyter connection file) may get it before the replica
+    it was meant for binds it, and that replica's Raft or ZeroMQ listener then fails. So the socket stays bound
+    (``SO_REUSEADDR``, not listening) for ``hold`` seconds: the kernel gives its port to no other ``bind(0)``, no
+    outgoing connection and no plain ``bind``, while the replica's own listeners, which set ``SO_REUSEADDR`` as
+    ZeroMQ and PySyncObj do, bind it as if it were free.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    now = time.monotonic()
+    ports = []
+    with _held_lock:
+        while _held and _held[0][0] <= now:
+            heapq.heappop(_held)[2].close()
         for _ in range(count):
-            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            s.bind((host, 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
+            sock = socket.socket(family)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, 0))
+            except BaseException:
+                sock.close()
+                raise
+            ports.append(sock.getsockname()[1])
+            heapq.heappush(_held, (now + hold, sock.fileno(), sock))
     return ports

@@ -150,7 +150,7 @@ def test_a_migration_report_is_retried_through_a_scheduler_hiccup(tmp_path, capl
         view = ok("GET", f"{url}/api/kernels/k")
         assert view["replicas"] == [{"replica_id": row["replica_id"] + 1, "host_id": target,
                                      "host_url": next(h["url"] for h in ok("GET", f"{url}/api/hosts")["hosts"]
-                                                      if h["id"] == target)}], view
+                                                      if h["id"] == target), "ready": True}], view
     finally:
         for h in hosts:
             h.stop()

@@ -7,8 +7,6 @@ import socket
 
 import pytest
 import zmq
-from pysyncobj.poller import createPoller
-from pysyncobj.tcp_server import TcpServer
 
 from notebookos.common import replicas
 
@@ -39,9 +37,11 @@ def test_a_held_port_is_given_to_no_one_else_but_binds_for_the_replica():
     client.connect(f"tcp://127.0.0.1:{held[1]}")
     client.send(b"hello")
     assert router.poll(5000) and router.recv_multipart()[-1] == b"hello"
-    server = TcpServer(createPoller('auto'), "127.0.0.1", held[2], lambda *a: None)
-    server.bind()
-    server.unbind()
+    raft = socket.socket()  # as PySyncObj's TcpServer binds (not imported here: it patches socket on import)
+    raft.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    raft.bind(("127.0.0.1", held[2]))
+    raft.listen()
+    raft.close()
     for s in [plain, *others]:
         s.close()
     router.close()
@@ -53,4 +53,20 @@ def test_a_port_is_released_after_its_hold():
     replicas.free_ports("127.0.0.1", 1)  # expired holds are closed on the next call
     s = socket.socket()
     s.bind(("127.0.0.1", port))  # free again for anyone
+    s.close()
+
+
+def test_a_hold_ends_once_its_port_listens():
+    ports = replicas.free_ports("127.0.0.1", 2)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", ports[0]))
+    listener.listen()
+    held = replicas.release_held()
+    # The listening port's hold is closed (a plain bind now fails only because of the listener); the other stays.
+    fds = {e[2].getsockname()[1] for e in replicas._held}
+    assert ports[0] not in fds and ports[1] in fds and held == len(fds)
+    listener.close()
+    s = socket.socket()
+    s.bind(("127.0.0.1", ports[0]))  # nothing holds it any more
     s.close()

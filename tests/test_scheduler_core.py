@@ -230,7 +230,7 @@ def test_replica_reports_are_checked():
             core.replicas_changed("k", old, new, host)
         assert err.value.status == status and text in err.value.message
     view = core.replicas_changed("k", 1, 5, other)
-    assert view["replicas"] == [{"replica_id": 5, "host_id": other, "host_url": f"http://{other}:1"}]
+    assert view["replicas"] == [{"replica_id": 5, "host_id": other, "host_url": f"http://{other}:1", "ready": True}]
     assert core.cluster.hosts[r["host_id"]].subscribed_gpus == 0
 
 
@@ -248,3 +248,77 @@ def test_growth_never_exceeds_max_hosts_and_promises_end_with_their_host():
     g.arrived(p)
     assert set(g.promised) == {"c", "d"} and g.pending == [q]
     assert g.hosts_to_start(online=2, need=3) == 0  # one starting already, room for none more
+
+
+def autoscaling_core(**policy_options) -> tuple[SchedulerCore, Clock]:
+    """Fixed hosts h1 and h2 (their daemons registered on their own) and p1, added by the provider; kernel k's two
+    replicas on h1 and p1; the policy's own autoscaler on."""
+    policy = NotebookOSPolicy(replicas_per_kernel=2, max_hosts=3, host_gpus=1, committed_autoscale=True,
+                              consolidate_after=0, **policy_options)
+    core, clock = make_core(policy, hosts=1)
+    pending = core.growth.start(len(core.cluster.hosts), 1)
+    core.register_host("p1", "http://p1:1/", 1, 4.0, 1024)
+    core.host_added(pending, "p1")
+    assert sorted(r["host_id"] for r in place(core, "k")) == ["h1", "p1"]
+    core.register_host("h2", "http://h2:1/", 1, 4.0, 1024)
+    assert [h.id for h in core.cluster.hosts.values() if h.fixed] == ["h1", "h2"]
+    return core, clock
+
+
+def test_consolidation_moves_go_to_the_front_and_the_emptied_host_is_removed():
+    core, clock = autoscaling_core()
+    # One GPU is all the idle cluster needs (plus a spare): the provider's host p1 is emptied, not a fixed one.
+    chores = core.autoscale()
+    assert not chores and core.autoscaling and core.cluster.hosts["p1"].draining
+    order = {"replica_id": 2, "new_replica_id": 3, "to_host": "h2", "to_host_url": "http://h2:1"}
+    assert core.renew_lease("k")["moves"] == [order]
+    assert core.renew_lease("k")["moves"] == [order]  # repeated until the front reports
+    # While the move is under way a cell runs at once, on the replica that stays (not the draining one, not the
+    # one still starting).
+    answer, new_host = core.decide("k")
+    assert answer["action"] == "run" and answer["replica_id"] == 1 and new_host is None
+    core.finished("k")
+    with pytest.raises(CoreError) as err:  # not the move that was ordered
+        core.replicas_changed("k", 1, 3, "h2")
+    assert err.value.status == 409
+    view = core.replicas_changed("k", 2, 3, "h2")
+    assert {r["replica_id"]: r["host_id"] for r in view["replicas"]} == {1: "h1", 3: "h2"}
+    assert core.renew_lease("k")["moves"] == [] and core.moves.done == 1
+    chores = core.autoscale()
+    assert chores.remove_hosts == ["p1"] and "p1" not in core.cluster.hosts and core.scale_ins == 1
+    # The moved replica runs cells now, and fixed hosts stay however idle the cluster is.
+    core.replica_lost("k", 1)
+    answer, _ = core.decide("k")
+    assert answer["action"] == "run" and answer["replica_id"] == 3
+    core.finished("k")
+    clock.t += 3600
+    assert not core.autoscale() and sorted(core.cluster.hosts) == ["h1", "h2"]
+
+
+def test_a_move_that_fails_or_is_never_made_is_cancelled():
+    core, clock = autoscaling_core()
+    core.autoscale()
+    # The front reports that the new replica did not come up: its placement goes, the old replica stays.
+    core.replica_lost("k", 3)
+    assert sorted(core.cluster.kernels["k"].replicas) == [1, 2] and core.renew_lease("k")["moves"] == []
+    assert core.moves.cancelled == 1 and core.cluster.hosts["h2"].subscribed_gpus == 0
+    # Planned again; this time the front never acts on it: cancelled after move_timeout.
+    core.cluster.hosts["p1"].draining = False
+    core.policy.refresh(core.cluster)
+    core.autoscale()
+    [order] = core.renew_lease("k")["moves"]
+    clock.t += core.move_timeout + 1
+    core.housekeeping()
+    assert order["new_replica_id"] not in core.cluster.kernels["k"].replicas and len(core.moves) == 0
+    # A front that made the move after all (late) is believed: the replica is there.
+    view = core.replicas_changed("k", 2, order["new_replica_id"], "h2")
+    assert {r["replica_id"]: r["host_id"] for r in view["replicas"]} == {1: "h1", order["new_replica_id"]: "h2"}
+    core.replicas_changed("k", order["new_replica_id"], 99, "p1")  # (and back, for the next case)
+    # A move whose old replica is lost meanwhile is cancelled too (a replacement is placed afresh).
+    core.cluster.hosts["p1"].draining = False
+    core.policy.refresh(core.cluster)
+    core.autoscale()
+    [order] = core.renew_lease("k")["moves"]
+    core.replica_lost("k", order["replica_id"])
+    assert sorted(core.cluster.kernels["k"].replicas) == [1] and len(core.moves) == 0
+    assert_accounting(core)

@@ -414,7 +414,7 @@ def test_migration_and_session_reclaim(tmp_path):
         assert code == 404 and "nowhere" in answer["error"]
         moved = ok("POST", f"{url}/api/kernels/c/replicas", {"old_replica_id": 1, "new_replica_id": 2,
                                                               "host_id": "m2"})
-        assert moved["replicas"] == [{"replica_id": 2, "host_id": "m2", "host_url": m2_url}]
+        assert moved["replicas"] == [{"replica_id": 2, "host_id": "m2", "host_url": m2_url, "ready": True}]
         run = ok("POST", f"{url}/api/kernels/c/execute")
         assert run["action"] == "run" and run["replica_id"] == 2 and run["host_id"] == "m2"
         hosts_view = {h["id"]: h for h in ok("GET", f"{url}/api/hosts")["hosts"]}

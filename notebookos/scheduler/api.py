@@ -31,11 +31,16 @@ Endpoints (``{id}`` path parts are URL-encoded ids):
     (capped by ``max_execute_wait``): a long poll, so a queued cell starts as soon as GPUs free.
     409 while the kernel already runs a cell.
 ``POST /api/kernels/{id}/finished`` -> ``{"released": bool}`` (releases the cell's GPUs; idempotent).
-``POST /api/kernels/{id}/lease`` -> ``{"lease_s"}``: the front is alive; renew its lease (``front_lease``; placing the
-    kernel starts it, and its answer carries ``lease_s``). An expired lease ends the kernel as if its front removed it.
+``POST /api/kernels/{id}/lease`` -> ``{"lease_s", "moves": [{"replica_id", "new_replica_id", "to_host",
+    "to_host_url"}]}``: the front is alive; renew its lease (``front_lease``; placing the kernel starts it, and its
+    answer carries ``lease_s``). An expired lease ends the kernel as if its front removed it. ``moves``: background
+    moves the policy's autoscaler wants of this idle kernel (migrate ``replica_id`` to ``to_host`` as
+    ``new_replica_id``, already placed there), listed until the front reports each done (``POST .../replicas``) or
+    failed (``DELETE .../replicas/{new_replica_id}``).
 ``POST /api/kernels/{id}/replicas`` ``{old_replica_id: int|null, new_replica_id, host_id}`` -> kernel view: a
     migration (or a replacement of a lost replica, ``old_replica_id`` null) is done.
-``DELETE /api/kernels/{id}/replicas/{replica_id}`` -> kernel view: a replica was lost; forget it.
+``DELETE /api/kernels/{id}/replicas/{replica_id}`` -> kernel view: a replica was lost (or a background move's new
+    replica did not come up: the move is cancelled); forget it.
 ``POST /api/kernels/{id}/placement`` -> ``{"kernel_id", "replicas": [...], "added": [{"replica_id", "host_id",
     "host_url"}]}``: place the replicas the kernel is missing (after a loss), scaling out like ``POST /api/kernels``.
     The scheduler assigns replica ids (new ids, never reused): the front uses them when it launches the replicas.

@@ -53,6 +53,9 @@ class Host:
     online_since: float = 0.0
     idle_since: float | None = 0.0
     draining: bool = False
+    #: not started by the host provider (its daemon registered on its own): scale-in never removes it, so a
+    #: policy's consolidation does not empty it
+    fixed: bool = False
 
     @property
     def free_gpus(self) -> list[int]:

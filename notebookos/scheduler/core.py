@@ -8,6 +8,11 @@ replica reports of the fronts. Its clock is a function (``clock``), so tests dri
 the network (asking a host provider for a host, telling host daemons to stop replicas) it leaves to its caller,
 the REST service (``service.py``), by returning it: a :class:`PendingHost` to start, :class:`Chores` to do.
 
+A policy with an autoscaler of its own (:meth:`~notebookos.scheduler.policy.SchedulerPolicy.autoscale`, asked by
+:meth:`SchedulerCore.autoscale`) sizes the cluster instead of the idle-host rule: the hosts it adds are
+:class:`Chores`, its background moves go to the kernels' fronts through :class:`~notebookos.scheduler.moves.
+MoveBook` (in their lease renewals), and the emptied hosts it names are removed through the provider.
+
 :class:`~notebookos.scheduler.cluster.Growth` (in ``cluster.py``, with the rest of the pure accounting) is the
 scale-out accounting the core and the simulator (``sim/engine.py``) share: the hosts being added, the GPUs of each
 already promised to waiting kernels, and whether the cluster may grow at all.
@@ -27,6 +32,7 @@ from typing import Any
 
 from .cluster import Cluster, Growth, Host, KernelRecord, PendingHost, ResourceRequest
 from .liveness import HostLiveness
+from .moves import MoveBook
 from .policy import Migrate, Queue, Run, ScaleOut, SchedulerPolicy
 
 __all__ = ["Chores", "CoreError", "Growth", "PendingHost", "SchedulerCore"]
@@ -50,9 +56,11 @@ class Chores:
     ended_kernels: list[str] = field(default_factory=list)
     #: hosts the provider added that it should now remove (scale-in, or taken for dead)
     remove_hosts: list[str] = field(default_factory=list)
+    #: hosts the provider should add (the policy's autoscaler; counted as starting already)
+    add_hosts: list[PendingHost] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.stop_replicas or self.ended_kernels or self.remove_hosts)
+        return bool(self.stop_replicas or self.ended_kernels or self.remove_hosts or self.add_hosts)
 
 
 def wait_answer(position: int, reason: str) -> dict[str, Any]:
@@ -65,7 +73,7 @@ class SchedulerCore:
 
     def __init__(self, policy: SchedulerPolicy, *, max_hosts: int = 64, min_hosts: int = 0,
                  host_idle_limit: float = 0.0, session_idle_limit: float = 0.0, front_lease: float = 0.0,
-                 reclaim_stops_replicas: bool = True, host_timeout: float = 0.0,
+                 reclaim_stops_replicas: bool = True, host_timeout: float = 0.0, move_timeout: float = 300.0,
                  clock: Callable[[], float] = time.monotonic, log: logging.Logger | None = None,
                  error: Callable[[int, str], Exception] = CoreError,
                  on_change: Callable[[], None] | None = None) -> None:
@@ -77,6 +85,7 @@ class SchedulerCore:
         self.front_lease = front_lease
         self.reclaim_stops_replicas = reclaim_stops_replicas
         self.host_timeout = host_timeout
+        self.move_timeout = move_timeout
         self.clock = clock
         self.log = log or logging.getLogger(__name__)
         self.error = error
@@ -88,6 +97,10 @@ class SchedulerCore:
         self.managed_hosts: set[str] = set()
         self.liveness = HostLiveness()
         self.reclaimed: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.moves = MoveBook()
+        #: the policy sizes the cluster itself (its autoscale() answered once): no idle-host rule
+        self.autoscaling = False
+        self.scale_ins = 0
 
     # -- lookups and views ----------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -133,8 +146,9 @@ class SchedulerCore:
         }
 
     def replica_views(self, record: KernelRecord) -> list[dict[str, Any]]:
-        return [{"replica_id": rid, "host_id": r.host_id, "host_url": self.host_urls.get(r.host_id)}
-                for rid, r in sorted(record.replicas.items())]
+        now = self.now()
+        return [{"replica_id": rid, "host_id": r.host_id, "host_url": self.host_urls.get(r.host_id),
+                 "ready": r.ready_at <= now} for rid, r in sorted(record.replicas.items())]
 
     def kernel_view(self, record: KernelRecord) -> dict[str, Any]:
         running = None
@@ -174,10 +188,15 @@ class SchedulerCore:
             "queue": self.queue(),
             "last_scale_out_error": error[1] if error else None,
             "reclaimed": [{"kernel_id": k, **v} for k, v in self.reclaimed.items()],
+            "autoscaler": self.autoscaling,
+            "background_moves": {"pending": len(self.moves), "done": self.moves.done,
+                                 "cancelled": self.moves.cancelled},
+            "scale_ins": self.scale_ins,
         }
 
     def _forget_kernel(self, kernel_id: str) -> None:
-        """Take a kernel that is going away out of the queue and its promise."""
+        """Take a kernel that is going away out of the queue, its promise and its move orders."""
+        self.moves.forget_kernel(kernel_id)
         self.policy.withdraw(self.cluster, kernel_id)
         self.growth.forget(kernel_id)
 
@@ -195,8 +214,9 @@ class SchedulerCore:
             self.log.warning("host %s registered again (its daemon restarted): dropping its old replicas", host_id)
             lost = self.drop_host(host_id)
         now = self.now()
+        # Fixed (never scaled in) unless the provider says it added it (host_added).
         self.cluster.add_host(Host(host_id, gpus=gpus, cpus=cpus, memory_mb=memory_mb, online_since=now,
-                                   idle_since=now))
+                                   idle_since=now, fixed=host_id not in self.managed_hosts))
         self.host_urls[host_id] = url
         self.host_devices[host_id] = devices or []
         self.liveness.registered(host_id, heartbeat_s, now)
@@ -213,7 +233,9 @@ class SchedulerCore:
         now = self.now()
         lost = sorted(self.cluster.hosts[host_id].replicas)
         for kernel_id, replica_id in lost:
-            self.cluster.remove_replica(kernel_id, replica_id, now)
+            if replica_id in self.cluster.kernels[kernel_id].replicas:  # (a cancelled move may have taken it)
+                self._cancel_moves(kernel_id, replica_id, f"host {host_id} left")
+                self.cluster.remove_replica(kernel_id, replica_id, now)
         self.cluster.remove_host(host_id)
         self.host_urls.pop(host_id, None)
         self.host_devices.pop(host_id, None)
@@ -257,6 +279,8 @@ class SchedulerCore:
         """The provider added ``p`` as ``host_id`` (which registered): a host scale-in may remove."""
         self.growth.arrived(p)
         self.managed_hosts.add(host_id)
+        self.cluster.hosts[host_id].fixed = False
+        self.policy.refresh(self.cluster, [host_id])
         self.log.info("scaled out: host %s added (%d hosts)", host_id, len(self.cluster.hosts))
         self.on_change()
 
@@ -358,8 +382,10 @@ class SchedulerCore:
         return {"released": was_running}
 
     def renew_lease(self, kernel_id: str) -> dict[str, Any]:
+        """The front is alive; the answer carries the background moves its kernel has to make (until it reports
+        each done or failed)."""
         self.kernel(kernel_id).lease_renewed = self.now()
-        return {"lease_s": self.front_lease}
+        return {"lease_s": self.front_lease, "moves": self.moves.for_kernel(kernel_id)}
 
     def replicas_changed(self, kernel_id: str, old: int | None, new: int, host_id: str) -> dict[str, Any]:
         """A migration (``old`` moved to ``new`` on ``host_id``) or a replacement (``old`` None) is done."""
@@ -367,6 +393,18 @@ class SchedulerCore:
         self.host(host_id)
         if old is not None and old not in record.replicas:
             raise self.error(404, f"kernel {kernel_id!r} has no replica {old}")
+        order = self.moves.find(kernel_id, new)
+        if order is not None:  # a background move the policy planned, with the new replica placed already
+            if (order.move.replica_id, order.move.to_host) != (old, host_id):
+                raise self.error(409, f"kernel {kernel_id!r}: replica {new} is to replace replica "
+                                      f"{order.move.replica_id} on host {order.move.to_host!r}, not {old} on "
+                                      f"{host_id!r}")
+            touched = self.moves.complete(self.cluster, order, self.now())
+            self.policy.refresh(self.cluster, touched)
+            record.last_active = self.now()
+            self.log.info("kernel %s: replica %s moved to %d on %s (background)", kernel_id, old, new, host_id)
+            self.on_change()
+            return self.kernel_view(record)
         if new in record.replicas:
             raise self.error(409, f"kernel {kernel_id!r} already has a replica {new}")
         clash = [rid for rid, r in record.replicas.items() if r.host_id == host_id and rid != old]
@@ -391,10 +429,20 @@ class SchedulerCore:
         if replica_id not in record.replicas:
             raise self.error(404, f"kernel {kernel_id!r} has no replica {replica_id}")
         host_id = record.replicas[replica_id].host_id
-        self.cluster.remove_replica(kernel_id, replica_id, self.now())
+        self._cancel_moves(kernel_id, replica_id, f"replica {replica_id} was reported lost")
+        if replica_id in record.replicas:
+            self.cluster.remove_replica(kernel_id, replica_id, self.now())
         self.policy.refresh(self.cluster, [host_id])
         self.on_change()
         return self.kernel_view(record)
+
+    def _cancel_moves(self, kernel_id: str, replica_id: int, why: str) -> None:
+        """Moves of ``replica_id``, or to it, will not happen: drop the replicas placed for them."""
+        for order in self.moves.involving(kernel_id, replica_id):
+            touched = self.moves.cancel(self.cluster, order, self.now())
+            self.policy.refresh(self.cluster, touched)
+            self.log.info("kernel %s: move of replica %d to %s cancelled (%s)", kernel_id, order.move.replica_id,
+                          order.move.to_host, why)
 
     # -- housekeeping ---------------------------------------------------------------------------------------------
     def reclaim(self, record: KernelRecord, why: str, stop: bool, chores: Chores) -> None:
@@ -431,6 +479,9 @@ class SchedulerCore:
         chores = Chores()
         self.drop_silent_hosts(chores)
         now = self.now()
+        for order in self.moves.expired(now, self.move_timeout):
+            m = order.move
+            self._cancel_moves(m.kernel_id, m.new_replica_id, f"not done within {self.move_timeout:g} s")
         for record in list(self.cluster.kernels.values()):  # GPUs a policy kept for a kernel's next cell
             if record.held is not None and record.held.until <= now and \
                     self.policy.hold_lapsed(self.cluster, record.id, now) is not None:
@@ -447,21 +498,54 @@ class SchedulerCore:
                 if record.running is None and idle >= self.session_idle_limit:
                     self.reclaim(record, f"{idle:.1f} s without activity (session_idle_limit "
                                          f"{self.session_idle_limit:g} s)", self.reclaim_stops_replicas, chores)
-        if self.host_idle_limit > 0:
+        if self.host_idle_limit > 0 and not self.autoscaling:
             idle_hosts = [h for h in self.policy.idle_hosts(self.cluster, now, self.host_idle_limit)
                           if h in self.managed_hosts]
             for host_id in idle_hosts:
-                if len(self.cluster.hosts) <= self.min_hosts:
-                    break
-                host = self.cluster.hosts[host_id]
-                if host.replicas or host.committed:
-                    continue
-                self.cluster.remove_host(host_id)  # first, so nothing is placed there while it stops
-                self.host_urls.pop(host_id, None)
-                self.host_devices.pop(host_id, None)
-                self.managed_hosts.discard(host_id)
-                self.liveness.forget(host_id)
+                self._scale_in(host_id, f"idle past {self.host_idle_limit:g} s", chores)
+        return chores
+
+    def _scale_in(self, host_id: str, why: str, chores: Chores) -> bool:
+        """Remove a host the provider added that holds no replica and no GPU (forgotten first, so nothing is
+        placed there while it stops); False if it may not go."""
+        host = self.cluster.hosts.get(host_id)
+        if host is None or host.replicas or host.committed or host_id not in self.managed_hosts \
+                or len(self.cluster.hosts) <= self.min_hosts:
+            return False
+        self.drop_host(host_id)
+        self.scale_ins += 1
+        self.log.info("scale-in: removing host %s (%s)", host_id, why)
+        chores.remove_hosts.append(host_id)
+        self.on_change()
+        return True
+
+    def autoscale(self) -> Chores:
+        """One pass of the policy's autoscaler (if it has one): hosts to add, background moves to hand to the
+        fronts, emptied hosts to remove."""
+        chores = Chores()
+        now = self.now()
+        # Hosts below min_hosts are the admin's own, expected to register (at startup, or a daemon restarting):
+        # counted as starting, so the autoscaler does not add hosts in their place.
+        expected = max(0, self.min_hosts - len(self.cluster.hosts))
+        rebalance = self.policy.autoscale(self.cluster, now, len(self.growth.pending) + expected)
+        if rebalance is None:
+            return chores
+        self.autoscaling = True
+        for _ in range(rebalance.add_hosts):
+            p = self.growth.start(len(self.cluster.hosts) + expected, self.policy.host_gpus)
+            if p is None:
+                break
+            chores.add_hosts.append(p)
+        for move in rebalance.moves:
+            self.moves.issue(self.cluster, move, now, self.host_urls.get(move.to_host))
+            self.log.info("kernel %s: moving replica %d to host %s in the background (as replica %d)",
+                          move.kernel_id, move.replica_id, move.to_host, move.new_replica_id)
+        for host_id in rebalance.remove_hosts:
+            host = self.cluster.hosts.get(host_id)
+            if not self._scale_in(host_id, "emptied by the autoscaler", chores) and host is not None \
+                    and host.draining and not host.replicas and not host.committed:
+                host.draining = False  # may not go (fixed, or the cluster at min_hosts): back in use
                 self.policy.refresh(self.cluster, [host_id])
-                self.log.info("scale-in: removing host %s (idle past %g s)", host_id, self.host_idle_limit)
-                chores.remove_hosts.append(host_id)
+        if rebalance.moves or rebalance.add_hosts:
+            self.on_change()
         return chores

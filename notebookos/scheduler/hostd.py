@@ -57,7 +57,7 @@ from tornado.netutil import bind_sockets
 from traitlets import Bool, Float, Int, Unicode, default
 from traitlets.config import Application
 
-from ..common.replicas import free_ports, replica_command
+from ..common.replicas import free_ports, release_held, replica_command
 from ..common.secrets import RAFT_SECRET_ENV, SCHEDULER_TOKEN_ENV, write_private_json
 from ..parentdeath import kill_with_parent
 from .gpus import GPUInfo, discover_gpus
@@ -413,6 +413,7 @@ class HostDaemon(Application):
         """Reap exited replicas (no zombies) and log them: a backstop for :meth:`_watch_exit`."""
         while True:
             await asyncio.sleep(1.0)
+            release_held()  # the ports our replicas listen on now need no hold
             for r in list(self.replicas.values()):
                 self._reap(r)
             if self.pool is not None:

@@ -116,7 +116,9 @@ class SchedulerService(Application):
                               "(None: the policy's default).").tag(config=True)
     max_hosts = Int(64, help="Largest cluster size; scale-out stops there, and cells queue, new kernels get 503."
                     ).tag(config=True)
-    min_hosts = Int(0, help="Scale-in never takes the cluster below this many hosts.").tag(config=True)
+    min_hosts = Int(0, help="Scale-in never takes the cluster below this many hosts, and while fewer are "
+                    "registered the policy's autoscaler counts the missing ones as starting (an admin's own hosts, "
+                    "registering; `notebookos up` sets it to --hosts).").tag(config=True)
     host_gpus = Int(8, help="GPUs of a host added by scale-out (the policy's host_gpus).").tag(config=True)
     host_provider = Unicode("local", help="Host provider for scale-out/in: an entry point name in "
                             "'notebookos.host_providers' or 'module:Class'.").tag(config=True)
@@ -148,6 +150,11 @@ class SchedulerService(Application):
                          "(0: never).").tag(config=True)
     check_interval = Float(5.0, help="Seconds between housekeeping passes (idle hosts, idle sessions)."
                            ).tag(config=True)
+    autoscale_interval = Float(30.0, help="Seconds between passes of the policy's own autoscaler, where it has one "
+                               "(c.NotebookOSPolicy.committed_autoscale): hosts it adds, idle kernels' replicas it "
+                               "moves in the background, emptied hosts it removes.").tag(config=True)
+    move_timeout = Float(300.0, help="Seconds a kernel's front has to carry out a background move (it hears of it "
+                         "in its next lease renewal) before the scheduler cancels it.").tag(config=True)
     scale_out_timeout = Float(120.0, help="Seconds a new host may take to register before scale-out fails."
                               ).tag(config=True)
     max_execute_wait = Float(300.0, help="Longest long-poll an execute request may ask for (seconds)."
@@ -177,6 +184,7 @@ class SchedulerService(Application):
         "session-idle-limit": "SchedulerService.session_idle_limit",
         "prewarm-pool-size": "SchedulerService.prewarm_pool_size",
         "check-interval": "SchedulerService.check_interval",
+        "autoscale-interval": "SchedulerService.autoscale_interval",
         "host-timeout": "SchedulerService.host_timeout",
         "config": "SchedulerService.config_file",
         "log-level": "Application.log_level",
@@ -246,7 +254,8 @@ class SchedulerService(Application):
             self.make_policy(), max_hosts=self.max_hosts, min_hosts=self.min_hosts,
             host_idle_limit=self.host_idle_limit, session_idle_limit=self.session_idle_limit,
             front_lease=self.front_lease, reclaim_stops_replicas=self.reclaim_stops_replicas,
-            host_timeout=self.host_timeout, log=self.log, error=APIError, on_change=self.notify)
+            host_timeout=self.host_timeout, move_timeout=self.move_timeout, log=self.log, error=APIError,
+            on_change=self.notify)
 
     def make_provider(self):
         from .providers import load_host_provider
@@ -367,6 +376,8 @@ class SchedulerService(Application):
             self.spawn(self._forget_objects(kernel_id))
         for host_id in chores.remove_hosts:
             self.spawn(self._remove_host(host_id))
+        for pending in chores.add_hosts:
+            self.spawn(self._scale_out_quietly(pending))
 
     # -- requests (bodies parsed here, decided by the core) -----------------------------------------------------
     def register_host(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -497,10 +508,14 @@ class SchedulerService(Application):
             pass
 
     async def _housekeeping_loop(self) -> None:
+        next_autoscale = self.core.now() + self.autoscale_interval
         while True:
-            await asyncio.sleep(self.check_interval)
+            await asyncio.sleep(min(self.check_interval, self.autoscale_interval))
             try:
                 await self.housekeeping()
+                if self.core.now() >= next_autoscale:
+                    next_autoscale = self.core.now() + self.autoscale_interval
+                    self.do(self.core.autoscale())
             except Exception:
                 self.log.exception("housekeeping pass failed")
 

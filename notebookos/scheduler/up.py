@@ -245,7 +245,8 @@ def up(args: argparse.Namespace) -> int:
         info_file = runtime / "scheduler.json"
         cmd = [py, "-m", "notebookos.scheduler.service", "--ip", "127.0.0.1", "--port", str(args.scheduler_port),
                "--info-file", str(info_file), "--policy", args.policy, "--max-hosts", str(max_hosts),
-               "--host-gpus", str(args.gpus_per_host), f"--LocalHostProvider.runtime_dir={runtime / 'scaled'}"]
+               "--host-gpus", str(args.gpus_per_host), "--min-hosts", str(args.hosts),
+               f"--LocalHostProvider.runtime_dir={runtime / 'scaled'}"]
         if args.replicas_per_kernel is not None:
             cmd += ["--replicas-per-kernel", str(args.replicas_per_kernel)]
         if args.prewarm:

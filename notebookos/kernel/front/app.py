@@ -30,6 +30,7 @@ from ...common.secrets import SCHEDULER_TOKEN_ENV, SCHEDULER_TOKEN_FILE_ENV, rea
 from ..scratch import default_store_dir
 from .cluster import HostdLauncher, SchedulerExecutorPolicy
 from .executor import ExecutorPolicy, LastExecutorPolicy
+from .moves import BackgroundMoves
 from .options import check_options
 from .percell import PerCellReplicas
 from .relay import Relay
@@ -203,13 +204,16 @@ class NotebookOSFront(Application):
         tasks = [asyncio.ensure_future(supervisor.watch()),
                  asyncio.ensure_future(supervisor.poll_status(self.status_interval)),
                  asyncio.ensure_future(_exit_with_parent(relay.shutdown, self.log))]
+        moves = None
         if scheduler is not None and not unplaced:
 
             def ended(why: str) -> None:
                 supervisor.replace_lost = False
                 relay.unavailable = f"the cluster scheduler ended this kernel ({why}); restart the kernel"
 
-            tasks.append(asyncio.ensure_future(policy.keep_lease(float(placement.get("lease_s") or 0), ended)))
+            moves = BackgroundMoves(relay, supervisor, policy)
+            tasks.append(asyncio.ensure_future(policy.keep_lease(float(placement.get("lease_s") or 0), ended,
+                                                                 on_move=moves.order)))
         try:
             await relay.shutdown.wait()
             await asyncio.sleep(0.05)  # let the shutdown_reply leave
@@ -217,6 +221,8 @@ class NotebookOSFront(Application):
             supervisor.replace_lost = False
             for task in tasks:
                 task.cancel()
+            if moves is not None:
+                moves.close()
             await supervisor.stop_all()
             if scheduler is not None:
                 try:

@@ -181,16 +181,20 @@ class SchedulerExecutorPolicy(ExecutorPolicy):
             return Migrate(int(answer["replica_id"]), answer["to_host"])
         return Wait(int(answer.get("position", 1)), answer.get("reason", "waiting for a GPU"))
 
-    async def keep_lease(self, lease_s: float, on_ended: Callable[[str], None]) -> None:
+    async def keep_lease(self, lease_s: float, on_ended: Callable[[str], None],
+                         on_move: Callable[[dict[str, Any]], None] | None = None) -> None:
         """Renew this front's lease with the scheduler every third of ``lease_s``: a front that stops renewing
         (killed) has its kernel ended by the scheduler (GPUs released, replicas stopped). ``on_ended`` gets the
-        scheduler's reason if it ended the kernel anyway."""
+        scheduler's reason if it ended the kernel anyway; ``on_move`` each background move the answer orders."""
         if lease_s <= 0:
             return
         while True:
             await asyncio.sleep(lease_s / 3)
             try:
-                await self.client.renew_lease(self.kernel_id, timeout=lease_s / 3)
+                answer = await self.client.renew_lease(self.kernel_id, timeout=lease_s / 3)
+                for order in answer.get("moves") or ():
+                    if on_move is not None:
+                        on_move(order)
             except SchedulerError as exc:
                 if exc.status in (404, 410):
                     log.error("the scheduler ended kernel %s: %s", self.kernel_id, exc.message)
@@ -247,6 +251,14 @@ class SchedulerExecutorPolicy(ExecutorPolicy):
             return False
         where = {int(r["replica_id"]): r.get("host_id") for r in view.get("replicas", [])}
         return old_replica not in where and where.get(new_replica) == (host_id or "")
+
+    async def move_failed(self, new_replica: int) -> None:
+        """A background move did not happen: the scheduler forgets the replica it placed for it."""
+        await self._released()
+        try:
+            await self.client.replica_lost(self.kernel_id, new_replica)
+        except (SchedulerError, OSError) as exc:
+            log.error("could not report the failed move to replica %d: %s", new_replica, exc)
 
     async def replica_lost(self, replica_id: int) -> None:
         self._placed.discard(replica_id)

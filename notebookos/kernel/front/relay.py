@@ -368,6 +368,11 @@ class Relay:
                     except Exception:
                         await self.policy.cell_finished(choice.replica)  # give the committed GPUs back
                         raise
+                if target is not None and target.leaving:
+                    # A background move removes this replica within moments: give the GPUs back, ask again then.
+                    await self.policy.cell_finished(choice.replica)
+                    await asyncio.sleep(self.wait_retry)
+                    continue
                 if target is not None and target.alive and not target.diverged:
                     break
                 # The policy does not know yet that this replica died (or diverged, and is being retired): give its

@@ -30,6 +30,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 
+from ...common.replicas import release_held
 from .. import protocol
 from .launchers import Launched, LaunchSpec, LocalLauncher, ReplicaLauncher
 
@@ -73,6 +74,8 @@ class ReplicaHandle:
     #: never chosen again and is retired as soon as the group keeps its quorum without it.
     diverged: str | None = None
     retire_deferred: bool = False  # it diverged while the others had no quorum without it
+    #: a background move is removing it from the group: no cell starts on it (the scheduler is asked again)
+    leaving: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -362,6 +365,7 @@ class Supervisor:
 
     async def poll_status(self, interval: float = 1.0) -> None:
         while True:
+            release_held()  # the ports our replicas listen on now need no hold
             await asyncio.gather(*(self._poll_one(h) for h in self.live), return_exceptions=True)
             for handle in self.live:
                 reason = handle.diverged or handle.status.get("diverged")
@@ -450,7 +454,8 @@ class Supervisor:
     migrate_timeout = 60.0
 
     async def migrate(self, old: ReplicaHandle, host_id: str | None, catch_up_seq: int,
-                      timeout: float | None = None) -> ReplicaHandle:
+                      timeout: float | None = None, replica_id: int | None = None,
+                      before_commit: Callable[[], Awaitable[None]] | None = None) -> ReplicaHandle:
         """Move a live replica to ``host_id``, as a transaction: a new replica joins the Raft group and catches up,
         then the old one leaves and stops. The group keeps its quorum throughout (it grows by one before it shrinks).
 
@@ -459,6 +464,10 @@ class Supervisor:
         step fails (it does not start or join, does not catch up within ``timeout``, leadership cannot be handed to
         it, the old one cannot be removed) the migration is rolled back: the new replica leaves the Raft group and
         its process is stopped, the old one stays a member and keeps running, and :class:`MigrationFailed` says why.
+
+        ``replica_id``: the new replica's id (one the scheduler placed; default: the next free one here).
+        ``before_commit`` is awaited once the new replica has caught up, before leadership moves and the old one is
+        removed (a background move waits there for a cell running on the old replica; raising rolls back).
         """
         if timeout is None:
             timeout = self.migrate_timeout
@@ -472,7 +481,8 @@ class Supervisor:
         try:
             deadline = time.monotonic() + timeout
             try:
-                new = await self.launch([r.raft_address for r in self.live], host_id=host_id)
+                new = await self.launch([r.raft_address for r in self.live], host_id=host_id,
+                                        replica_id=replica_id)
                 # Not part of the kernel until the migration commits (launch registered it; no await since); stopped
                 # with the kernel's departed replicas if the kernel ends meanwhile.
                 del self.replicas[new.id]
@@ -488,6 +498,9 @@ class Supervisor:
                 new.member = True
                 step = f"let replica {new.id} catch up"
                 await self._catch_up(new, catch_up_seq, deadline, timeout)
+                if before_commit is not None:
+                    step = f"wait until replica {old.id} can leave"
+                    await before_commit()
                 step = f"hand Raft leadership from replica {old.id} to replica {new.id}"
                 handing_over = True
                 await self._hand_over_leadership(old, new)

@@ -287,7 +287,7 @@ class NotebookOSPolicy(IndexedPolicy):
             self._grew_at = now
             return Rebalance(min(1, self.max_hosts - len(hosts)), tuple(moves), remove)
         if starting == 0 and active > target and now - self._grew_at >= self.consolidate_after:
-            candidates = self._consolidation_candidates(cluster, 1)
+            candidates = self._consolidation_candidates(cluster, 1, now)
             for host in candidates:  # all draining first: none is a target of another's moves
                 host.draining = True
                 cluster.drop_holds_on(host.id)
@@ -367,16 +367,25 @@ class NotebookOSPolicy(IndexedPolicy):
                 del sig[host_id]
         return sorted(check)
 
-    def _consolidation_candidates(self, cluster: Cluster, count: int) -> list[Host]:
-        """Up to ``count`` hosts to empty: no cell running there and no firm hold; soft holds too only while they
-        count less than running cells (``held_weight`` < 1: they are given back). Fewest replicas first."""
+    def _consolidation_candidates(self, cluster: Cluster, count: int, now: float) -> list[Host]:
+        """Up to ``count`` hosts to empty: not fixed, no cell running there, no firm hold, no replica still
+        arriving (a move's target); soft holds too only while they count less than running cells (``held_weight``
+        < 1: they are given back). Fewest replicas first."""
         keep_holds = self.held_weight >= 1.0
-        idle = [h for h in cluster.hosts.values() if not h.draining and len(h.committed) == len(h.held)
-                and not h.firm_held and not (keep_holds and h.held)]
+        idle = [h for h in cluster.hosts.values() if not h.draining and not h.fixed
+                and len(h.committed) == len(h.held) and not h.firm_held and not (keep_holds and h.held)]
         idle.sort(key=lambda h: (len(h.held), len(h.replicas), h.subscribed_gpus, h.id))
-        if self.keep_room:  # not a host that is the only room an idle kernel has for its next cell
-            idle = [h for h in idle if not self._only_room(cluster, h)]
-        return idle[:count]
+        kernels = cluster.kernels
+        chosen = []
+        for host in idle:
+            if any(kernels[k].replicas[r].ready_at > now for k, r in host.replicas):
+                continue
+            if self.keep_room and self._only_room(cluster, host):
+                continue  # the only room an idle kernel has for its next cell
+            chosen.append(host)
+            if len(chosen) == count:
+                break
+        return chosen
 
     def _only_room(self, cluster: Cluster, host: Host) -> bool:
         hosts = cluster.hosts

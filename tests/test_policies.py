@@ -56,6 +56,7 @@ def check_invariants(c: Cluster, policy: IndexedPolicy | None = None) -> None:
             assert c.kernels[kid].replicas[rid].host_id == host.id
     assert c.n_committed == sum(len(h.committed) for h in c.hosts.values())
     assert c.n_held == sum(len(h.held) for h in c.hosts.values())
+    assert c.n_subscribed == sum(h.subscribed_gpus for h in c.hosts.values())
     for kernel in c.kernels.values():
         hosts = [r.host_id for r in kernel.replicas.values()]
         assert len(hosts) == len(set(hosts)), "two replicas of a kernel on one host"

@@ -119,6 +119,11 @@ class Cluster:
         #: bumped by every change made through these methods (a caller may skip work when it did not move)
         self.version = 0
         self.n_held = 0
+        #: GPUs requested by all replicas (the sum of every host's ``subscribed_gpus``)
+        self.n_subscribed = 0
+        #: hosts whose GPUs, holds or replicas changed through these methods; a consumer (the notebookos
+        #: autoscaler) reads and clears it, to look only at what changed since its last pass
+        self.touched: set[str] = set()
 
     # -- hosts -----------------------------------------------------------------------------------------------
     def add_host(self, host: Host) -> Host:
@@ -126,6 +131,8 @@ class Cluster:
         if host.id in self.hosts:
             raise ValueError(f"host {host.id!r} is already registered")
         self.hosts[host.id] = host
+        self.n_subscribed += host.subscribed_gpus
+        self.touched.add(host.id)
         return host
 
     def remove_host(self, host_id: str) -> Host:
@@ -135,6 +142,7 @@ class Cluster:
             self.drop_holds_on(host_id)  # reserved for replicas that never arrived
         if host.replicas or host.committed:
             raise AccountingError(f"host {host_id!r} still has replicas or committed GPUs; migrate them first")
+        self.touched.add(host_id)
         return self.hosts.pop(host_id)
 
     # -- kernels and replicas --------------------------------------------------------------------------------
@@ -161,6 +169,8 @@ class Cluster:
                 host.committed[d] = (kernel_id, rid)
         host.replicas.add((kernel_id, rid))
         host.subscribed_gpus += kernel.request.gpus
+        self.n_subscribed += kernel.request.gpus
+        self.touched.add(host_id)
         host.cpus_used += kernel.request.cpus
         host.memory_used_mb += kernel.request.memory_mb
         host.idle_since = None
@@ -177,6 +187,8 @@ class Cluster:
         host = self.hosts[record.host_id]
         host.replicas.discard((kernel_id, replica_id))
         host.subscribed_gpus -= kernel.request.gpus
+        self.n_subscribed -= kernel.request.gpus
+        self.touched.add(host.id)
         host.cpus_used -= kernel.request.cpus
         host.memory_used_mb -= kernel.request.memory_mb
         if not host.replicas:
@@ -207,6 +219,7 @@ class Cluster:
         for d in devices:
             host.committed[d] = (kernel_id, replica_id)
         self.n_committed += len(devices)
+        self.touched.add(host.id)
         kernel.running = (replica_id, devices)
         kernel.last_executor = replica_id
         kernel.last_active = now
@@ -227,6 +240,7 @@ class Cluster:
                 raise AccountingError(f"device {d} of host {host.id!r} is not held by {kernel_id!r}/{replica_id}")
             del host.committed[d]
         self.n_committed -= len(devices)
+        self.touched.add(host.id)
         kernel.running = None
         kernel.last_active = now
 
@@ -238,6 +252,7 @@ class Cluster:
         for d in devices:
             host.held[d] = kernel_id
         self.n_held += len(devices)
+        self.touched.add(host.id)
         kernel.running = None
         kernel.last_active = now
         kernel.held = Hold(host.id, replica_id, devices, until)
@@ -263,6 +278,7 @@ class Cluster:
         self.n_committed += len(devices)
         self.n_held += len(devices)
         host.firm_held += len(devices)
+        self.touched.add(host_id)
         kernel.held = Hold(host_id, arriving, devices, until, firm=True)
         return kernel.held
 
@@ -279,6 +295,7 @@ class Cluster:
         self.n_held -= len(hold.devices)
         if hold.firm:
             host.firm_held -= len(hold.devices)
+        self.touched.add(host.id)
         kernel.held = None
         kernel.running = (hold.replica_id, hold.devices)
         kernel.last_executor = hold.replica_id
@@ -301,6 +318,7 @@ class Cluster:
         self.n_held -= len(hold.devices)
         if hold.firm:
             host.firm_held -= len(hold.devices)
+        self.touched.add(host.id)
         return hold
 
     def drop_holds_on(self, host_id: str) -> list[str]:

@@ -251,6 +251,7 @@ class IndexedPolicy(SchedulerPolicy):
 
     def refresh(self, cluster: Cluster, host_ids: Iterable[str] | None = None) -> None:
         """Tell the policy the cluster changed on ``host_ids`` (all hosts when None)."""
+        cluster.touched.update(cluster.hosts if host_ids is None else host_ids)
         idx = self._index
         if idx is None or idx.cluster is not cluster:
             self.index(cluster)

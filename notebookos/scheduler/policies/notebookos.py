@@ -101,7 +101,6 @@ class NotebookOSPolicy(IndexedPolicy):
         self._quiet: tuple | None = None
         # what _make_room saw of each host, and the kernels it could not give room (see _kernels_to_check)
         self._room_cluster: Cluster | None = None
-        self._host_sig: dict[str, tuple[int, int, bool]] = {}
         self._unresolved: set[str] = set()
 
     # -- placement -------------------------------------------------------------------------------------------
@@ -247,7 +246,7 @@ class NotebookOSPolicy(IndexedPolicy):
         host_gpus = max(1, self.host_gpus)
         gpus = cluster.gpus_committed - (1.0 - self.held_weight) * cluster.n_held
         in_use = math.ceil(self.scale_factor * gpus / host_gpus) + self.spare_hosts
-        subscribed = sum(h.subscribed_gpus for h in cluster.hosts.values())
+        subscribed = cluster.n_subscribed
         for_subscriptions = math.ceil(subscribed / (self.max_subscription_ratio * host_gpus))
         return min(self.max_hosts, max(in_use, for_subscriptions, self.replicas_per_kernel))
 
@@ -314,19 +313,28 @@ class NotebookOSPolicy(IndexedPolicy):
         short = 0
         kernels = cluster.kernels
         left: set[str] = set()
+        usual, room_hosts, max_moves = self.replicas_per_kernel, self.room_hosts, self.max_moves  # (traits: slow)
         for i, kernel_id in enumerate(to_check := self._kernels_to_check(cluster)):
             kernel = kernels.get(kernel_id)
             if kernel is None or kernel.running is not None or kernel.held is not None or not kernel.replicas:
                 continue
+            replicas = kernel.replicas
+            if len(replicas) > usual:
+                continue  # a move of it is under way
             gpus = kernel.request.gpus
-            where = [hosts[r.host_id] for r in kernel.replicas.values()]
-            roomy = sum(1 for h in where if not h.draining and free_gpu_count(h) >= gpus)
-            if len(where) > self.replicas_per_kernel or roomy >= min(self.room_hosts, len(where)):
-                continue  # (more replicas than usual: a move of it is under way)
-            if len(moves) >= self.max_moves:
+            need, roomy = min(room_hosts, len(replicas)), 0
+            for r in replicas.values():
+                h = hosts[r.host_id]
+                if not h.draining and free_gpu_count(h) >= gpus:
+                    roomy += 1
+                    if roomy >= need:
+                        break
+            if roomy >= need:
+                continue
+            if len(moves) >= max_moves:
                 left.update(to_check[i:])  # looked at next pass
                 break
-            holders = {h.id for h in where}
+            holders = {r.host_id for r in replicas.values()}
 
             def accept(h, holders=holders, gpus=gpus):
                 return h.id not in holders and h.subscribed_gpus + gpus <= cap * h.gpus
@@ -350,21 +358,21 @@ class NotebookOSPolicy(IndexedPolicy):
         return moves, short
 
     def _kernels_to_check(self, cluster: Cluster) -> list[str]:
-        """The kernels whose room may have changed since the last pass: those with a replica on a host whose free
-        GPUs, replicas or draining changed, and those left without room then (sorted: the order must not depend on
-        string hashing). The first pass on a cluster checks every kernel."""
+        """The kernels whose room may have changed since the last pass: those with a replica on a host whose GPUs,
+        holds, replicas or draining changed (``Cluster.touched``, which :meth:`refresh` adds to), and those left
+        without room then (sorted: the order must not depend on string hashing). The first pass on a cluster
+        checks every kernel."""
         if self._room_cluster is not cluster:
-            self._room_cluster, self._host_sig, self._unresolved = cluster, {}, set()
-        sig = self._host_sig
+            self._room_cluster, self._unresolved = cluster, set()
+            cluster.touched.clear()
+            return sorted(cluster.kernels)
         check = set(self._unresolved)
-        for host in cluster.hosts.values():
-            now_sig = (free_gpu_count(host), len(host.replicas), host.draining)
-            if sig.get(host.id) != now_sig:
-                sig[host.id] = now_sig
+        hosts = cluster.hosts
+        for host_id in cluster.touched:
+            host = hosts.get(host_id)
+            if host is not None:
                 check.update(k for k, _ in host.replicas)
-        if len(sig) > len(cluster.hosts):
-            for host_id in [h for h in sig if h not in cluster.hosts]:
-                del sig[host_id]
+        cluster.touched.clear()
         return sorted(check)
 
     def _consolidation_candidates(self, cluster: Cluster, count: int, now: float) -> list[Host]:

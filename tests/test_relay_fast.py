@@ -56,6 +56,26 @@ async def test_stop_on_error_false_aborts_nothing(h, cluster):
     assert [r["status"] for r in await h.replies(ids)] == ["error", "ok"]
 
 
+@MODES
+@harness_test()
+async def test_a_cell_sent_the_moment_an_error_reply_arrives_is_not_aborted(h, cluster):
+    """A client that sends its next cell as soon as it has a failed cell's reply (a user re-running at once) must
+    see it run, even when it reaches the front before the front has acted on the failure: stop_on_error aborts
+    only the cells that were queued when that reply went out."""
+    send = h.relay._to_client
+
+    async def slow_after_an_error_reply(channel, msg):
+        await send(channel, msg)
+        if msg.msg_type == "execute_reply" and msg.content.get("status") == "error":
+            await asyncio.sleep(0.3)  # a busy front: the client answers before this returns
+
+    h.relay._to_client = slow_after_an_error_reply
+    failed = h.execute("error ValueError")
+    assert (await h.reply(failed))["content"]["status"] == "error"
+    again = h.execute("print again")
+    assert [r["status"] for r in await h.replies([again])] == ["ok"]
+
+
 @harness_test()
 async def test_a_cell_is_dispatched_only_after_the_previous_reply(h):
     ids = [h.execute(f"sleep 10; print {i}") for i in range(5)]

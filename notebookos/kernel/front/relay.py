@@ -118,6 +118,9 @@ class Relay:
         self._dispatch_lock = asyncio.Lock()
         self._arrived = 0  # execute requests received so far
         self._abort_through = 0  # those up to this arrival number are aborted (a cell failed with stop_on_error)
+        #: execute requests received when each cell's reply went out: a cell that fails aborts only those (the
+        #: client may send the next cell the moment it has the reply, before the failure is acted on here)
+        self._arrived_at_reply: dict[str, int] = {}
         self._outcomes: dict[str, asyncio.Future[str]] = {}  # execute msg_id -> how it ended ("ok", "error", ...)
         self._redo: deque[WireMessage] = deque()
         self._failed_migrations: BoundedDict = BoundedDict(100)  # execute msg_id -> why its migration failed
@@ -219,6 +222,8 @@ class Relay:
                            implementation_version="", banner=f"{ename}: {evalue}",
                            language_info={"name": "python"}, help_links=[])
         shown = status == "error" and msg.msg_type == "execute_request"  # a failed cell also shows its error
+        if msg.msg_type == "execute_request" and status != "aborted":
+            self._arrived_at_reply[msg.msg_id] = self._arrived
         await self._answer(channel, msg, content, {k: content[k] for k in ("ename", "evalue", "traceback")}
                            if shown else None)
 
@@ -333,8 +338,9 @@ class Relay:
             # Not sent to a replica: the front answered it with an error (or a lost replica sent it back in line).
             self._cell_ended(msg.msg_id, "error")
         status = await outcome
+        arrived = self._arrived_at_reply.pop(msg.msg_id, self._arrived)
         if status == "error" and msg.content.get("stop_on_error", True):
-            self._abort_through = self._arrived
+            self._abort_through = max(self._abort_through, arrived)
 
     def _cell_ended(self, msg_id: str, status: str) -> None:
         """The cell ``msg_id`` has replied (``status``), or went back in line (``"redo"``): the next one may run."""
@@ -631,6 +637,8 @@ class Relay:
             content["supported_features"] = [f for f in content.get("supported_features", [])
                                              if f not in ("kernel subshells", "debugger")]
             msg = msg.with_content(content)
+        if msg_type == "execute_reply":
+            self._arrived_at_reply[parent_id] = self._arrived
         await self._to_client(channel, msg)
         if msg_type == "execute_reply":
             if request is not None and parent_id not in self._idle_seen:  # (iopub and shell race each other)

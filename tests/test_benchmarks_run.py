@@ -27,7 +27,12 @@ def test_kernel_benchmark_runs(tmp_path):
 
 def test_simulator_benchmark_runs(tmp_path):
     results = _run("bench_sim.py", tmp_path)
-    assert results
+    assert set(results["throughput"]) == {"notebookos", "nbos autoscale", "reservation", "batch"}
+    assert all(m["events"] > 0 for m in results["throughput"].values())
+    latency = {d["label"]: d for d in results["latency"]}
+    # The autoscaler's passes ran beside the decisions, and moved replicas in the background.
+    assert latency["nbos autoscale"]["passes"] > 0 and latency["nbos autoscale"]["moves"] > 0
+    assert latency["notebookos"]["passes"] == 0
 
 
 def test_cluster_start_benchmark_runs(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right, insort
 
 from traitlets import Bool, Enum, Float, Int
 
@@ -314,6 +315,7 @@ class NotebookOSPolicy(IndexedPolicy):
         kernels = cluster.kernels
         left: set[str] = set()
         usual, room_hosts, max_moves = self.replicas_per_kernel, self.room_hosts, self.max_moves  # (traits: slow)
+        rooms: dict[int, list[tuple[int, str]]] = {}  # per cell size, built when first needed in this pass
         for i, kernel_id in enumerate(to_check := self._kernels_to_check(cluster)):
             kernel = kernels.get(kernel_id)
             if kernel is None or kernel.running is not None or kernel.held is not None or not kernel.replicas:
@@ -335,14 +337,21 @@ class NotebookOSPolicy(IndexedPolicy):
                 left.update(to_check[i:])  # looked at next pass
                 break
             holders = {r.host_id for r in replicas.values()}
-
-            def accept(h, holders=holders, gpus=gpus):
-                return h.id not in holders and h.subscribed_gpus + gpus <= cap * h.gpus
-
             # The most subscribed host with room: a few hosts with free GPUs become the room of many idle kernels
             # (they rarely all need it at once), and the rest of the cluster packs.
-            target = max((h.id for h in hosts.values() if not h.draining and free_gpu_count(h) >= gpus
-                          and accept(h)), key=lambda h: (hosts[h].subscribed_gpus, h), default=None)
+            order = rooms.get(gpus)
+            if order is None:  # hosts with room for a cell of this size, ascending (subscribed GPUs, id)
+                order = rooms[gpus] = sorted((h.subscribed_gpus, h.id) for h in hosts.values()
+                                             if not h.draining and free_gpu_count(h) >= gpus)
+            target = None
+            # Hosts subscribed past cap x (the most GPUs a host has) - gpus are over the cap for this kernel.
+            i = bisect_right(order, (math.floor(cap * idx.max_host_gpus - gpus), "\U0010ffff"))
+            while i > 0:
+                i -= 1
+                h = hosts[order[i][1]]
+                if h.id not in holders and h.subscribed_gpus + gpus <= cap * h.gpus:
+                    target = h.id
+                    break
             if target is None:
                 short += 1
                 left.add(kernel_id)
@@ -351,8 +360,14 @@ class NotebookOSPolicy(IndexedPolicy):
                           if hosts[r.host_id].draining or free_gpu_count(hosts[r.host_id]) < gpus),
                          key=lambda r: (not hosts[r.host_id].draining, free_gpu_count(hosts[r.host_id]),
                                         r.replica_id))
+            before = hosts[target].subscribed_gpus
             new = cluster.place_replica(kernel.id, target)
             idx.update(target)
+            for order in rooms.values():  # re-file the target under its grown subscription (its room is the same)
+                i = bisect_left(order, (before, target))
+                if i < len(order) and order[i] == (before, target):
+                    del order[i]
+                    insort(order, (hosts[target].subscribed_gpus, target))
             moves.append(Move(kernel.id, source.replica_id, new.replica_id, target))
         self._unresolved = left
         return moves, short

@@ -11,7 +11,7 @@ from notebookos.scheduler.policy import Move, Run
 from notebookos.scheduler.sim.engine import SimConfig, simulate
 from notebookos.scheduler.sim.traces import Cell, Session
 
-from .test_policies import add_kernel, check_invariants, make_cluster
+from .test_policies import add_kernel, check_invariants, make_cluster, occupy
 
 
 def _kernel_on(c, p, kid, gpus, hosts):
@@ -93,6 +93,27 @@ def test_consolidation_moves_idle_replicas_off_a_host_in_the_background_and_remo
     # The moved kernel's next cell starts at once, on a host that stays.
     run = p.schedule_cell(c, "k1", 31.0)
     assert isinstance(run, Run) and run.host_id != "h1"
+    check_invariants(c, p)
+
+
+@pytest.mark.parametrize(("share", "moved"), [(0.0, []), (1.0, ["k2", "k3"]), (2.0, ["k3"])])
+def test_room_share_limits_how_many_idle_kernels_count_on_the_same_free_host(share, moved):
+    """Three idle 8-GPU kernels whose only free host is h1: unlimited, all three count on it (the first to start
+    a cell leaves the others without room); with room_share 1 each other kernel gets a replica moved to a free
+    host of its own (h4, h5); with 2, h1 is the room of two."""
+    c = make_cluster(5)
+    p = NotebookOSPolicy(committed_autoscale=True, scale_factor=1.0, spare_hosts=0, consolidate_after=1e9,
+                         room_share=share)
+    for kid in ("k1", "k2", "k3"):
+        _kernel_on(c, p, kid, 8, ["h1", "h2", "h3"])
+    for h in ("h2", "h3"):
+        occupy(c, h, 8, p)
+    plan = p.autoscale(c, 0.0, starting=0)
+    assert sorted(m.kernel_id for m in plan.moves) == moved
+    targets = [m.to_host for m in plan.moves]
+    assert len(set(targets)) == len(targets) and set(targets) <= {"h4", "h5"}  # a free host each
+    # A move takes a replica off a host without room (h2 or h3), never the kernel's room on h1.
+    assert all(c.kernels[m.kernel_id].replicas[m.replica_id].host_id in ("h2", "h3") for m in plan.moves)
     check_invariants(c, p)
 
 

@@ -75,8 +75,8 @@ Decision = Run | Migrate | ScaleOut | Queue
 @dataclass(frozen=True)
 class Move:
     """A background migration, off any cell's path: ``replica_id`` of an idle kernel moves to ``to_host``, where the
-    policy has placed ``new_replica_id`` already (starting and catching up); the caller removes ``replica_id`` once
-    the new one is up."""
+    policy has placed ``new_replica_id`` already, not ready (``ready_at`` infinite: the caller sets when it is up,
+    started and caught up, and removes ``replica_id`` then)."""
 
     kernel_id: str
     replica_id: int

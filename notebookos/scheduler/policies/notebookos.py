@@ -40,8 +40,9 @@ class NotebookOSPolicy(IndexedPolicy):
       the GPUs in use (running, and held weighted by ``held_weight``): ``ceil(scale_factor x in use / host GPUs) +
       spare_hosts`` hosts, and never fewer than the replicas' subscriptions need under the cap. Each pass first
       makes room (``keep_room``): an idle kernel none of whose replicas' hosts could start its next cell gets a
-      replica moved, in the background, to the most subscribed host that could (a host is added when none can).
-      Past the target, and ``consolidate_after`` seconds after the cluster last had to grow, one host with no cell
+      replica moved, in the background, to the most subscribed host that could (a host is added when none can);
+      ``room_hosts`` asks for room on that many of its hosts, and ``room_share`` caps how many idle kernels may
+      count on the same free GPUs (fixed hosts, which the provider did not add, are never emptied). Past the target, and ``consolidate_after`` seconds after the cluster last had to grow, one host with no cell
       running (and no hold, unless holds weigh less than running cells) that is no idle kernel's only room is
       consolidated per pass: the replicas on it move in the background to the most subscribed hosts with room under
       the cap (never on a cell's path) and the emptied host is removed. Without it, scale-out waits for a cell that
@@ -50,8 +51,8 @@ class NotebookOSPolicy(IndexedPolicy):
     Parameters (traitlets, ``c.NotebookOSPolicy.<name>``): ``replicas_per_kernel`` (3), ``max_subscription_ratio``
     (7.0), ``max_hosts`` (64), ``host_gpus`` (8), ``placement`` (spread), ``hold_seconds`` (0),
     ``migration_hold_seconds`` (300), ``committed_autoscale`` (False), ``scale_factor`` (1.05), ``spare_hosts``
-    (1), ``held_weight`` (1), ``keep_room`` (True), ``max_moves`` (32), ``consolidate_after`` (300),
-    ``verify_misses`` (True).
+    (1), ``held_weight`` (1), ``keep_room`` (True), ``room_hosts`` (1), ``room_share`` (0: no cap), ``max_moves``
+    (32), ``consolidate_after`` (300), ``verify_misses`` (True).
     """
 
     name = "notebookos"
@@ -84,6 +85,12 @@ class NotebookOSPolicy(IndexedPolicy):
     room_hosts = Int(
         1, help="keep_room: on how many of an idle kernel's replicas' hosts its next cell must find room (2 "
         "survives another kernel's cell taking one of them).").tag(config=True)
+    room_share = Float(
+        0.0, help="keep_room: how many idle kernels may count on the same free GPUs as the room for their next cell, "
+        "in GPUs per free GPU (2: a host with 8 free GPUs is the room of at most two idle 8-GPU kernels, or sixteen "
+        "1-GPU ones; the others get room elsewhere). 0: no limit (a free host can be the room of every idle "
+        "kernel with a replica there, and all of them lose it when one starts a cell). Every pass then looks at "
+        "every idle kernel.").tag(config=True)
     max_moves = Int(32, help="committed_autoscale: most background moves started per autoscaler pass.").tag(
         config=True)
     consolidate_after = Float(
@@ -315,8 +322,18 @@ class NotebookOSPolicy(IndexedPolicy):
         kernels = cluster.kernels
         left: set[str] = set()
         usual, room_hosts, max_moves = self.replicas_per_kernel, self.room_hosts, self.max_moves  # (traits: slow)
+        share = self.room_share
         rooms: dict[int, list[tuple[int, str]]] = {}  # per cell size, built when first needed in this pass
-        for i, kernel_id in enumerate(to_check := self._kernels_to_check(cluster)):
+        claimed: dict[str, int] = {}  # room_share: GPUs of each host idle kernels count on, this pass
+
+        def room(h: Host, gpus: int) -> bool:
+            free = free_gpu_count(h)
+            return free >= gpus and (not share or claimed.get(h.id, 0) + gpus <= share * free)
+
+        to_check = self._kernels_to_check(cluster)
+        if share:
+            to_check = sorted(kernels)  # claims are counted afresh: every idle kernel
+        for i, kernel_id in enumerate(to_check):
             kernel = kernels.get(kernel_id)
             if kernel is None or kernel.running is not None or kernel.held is not None or not kernel.replicas:
                 continue
@@ -324,14 +341,16 @@ class NotebookOSPolicy(IndexedPolicy):
             if len(replicas) > usual:
                 continue  # a move of it is under way
             gpus = kernel.request.gpus
-            need, roomy = min(room_hosts, len(replicas)), 0
+            need, roomy = min(room_hosts, len(replicas)), []
             for r in replicas.values():
                 h = hosts[r.host_id]
-                if not h.draining and free_gpu_count(h) >= gpus:
-                    roomy += 1
-                    if roomy >= need:
+                if not h.draining and room(h, gpus):
+                    roomy.append(h.id)
+                    if len(roomy) >= need:
                         break
-            if roomy >= need:
+            if len(roomy) >= need:
+                for host_id in roomy:
+                    claimed[host_id] = claimed.get(host_id, 0) + gpus
                 continue
             if len(moves) >= max_moves:
                 left.update(to_check[i:])  # looked at next pass
@@ -345,28 +364,31 @@ class NotebookOSPolicy(IndexedPolicy):
                                              if not h.draining and free_gpu_count(h) >= gpus)
             target = None
             # Hosts subscribed past cap x (the most GPUs a host has) - gpus are over the cap for this kernel.
-            i = bisect_right(order, (math.floor(cap * idx.max_host_gpus - gpus), "\U0010ffff"))
-            while i > 0:
-                i -= 1
-                h = hosts[order[i][1]]
-                if h.id not in holders and h.subscribed_gpus + gpus <= cap * h.gpus:
+            j = bisect_right(order, (math.floor(cap * idx.max_host_gpus - gpus), "\U0010ffff"))
+            while j > 0:
+                j -= 1
+                h = hosts[order[j][1]]
+                if h.id not in holders and h.subscribed_gpus + gpus <= cap * h.gpus and room(h, gpus):
                     target = h.id
                     break
             if target is None:
                 short += 1
                 left.add(kernel_id)
                 continue
-            source = min((r for r in kernel.replicas.values()
-                          if hosts[r.host_id].draining or free_gpu_count(hosts[r.host_id]) < gpus),
+            # (with room_share, a replica's host may have the GPUs free but counted on by others)
+            source = min([r for r in replicas.values()
+                          if hosts[r.host_id].draining or free_gpu_count(hosts[r.host_id]) < gpus]
+                         or replicas.values(),
                          key=lambda r: (not hosts[r.host_id].draining, free_gpu_count(hosts[r.host_id]),
                                         r.replica_id))
+            claimed[target] = claimed.get(target, 0) + gpus
             before = hosts[target].subscribed_gpus
-            new = cluster.place_replica(kernel.id, target)
+            new = cluster.place_replica(kernel.id, target, ready_at=math.inf)  # (the caller says when it is up)
             idx.update(target)
             for order in rooms.values():  # re-file the target under its grown subscription (its room is the same)
-                i = bisect_left(order, (before, target))
-                if i < len(order) and order[i] == (before, target):
-                    del order[i]
+                j = bisect_left(order, (before, target))
+                if j < len(order) and order[j] == (before, target):
+                    del order[j]
                     insort(order, (hosts[target].subscribed_gpus, target))
             moves.append(Move(kernel.id, source.replica_id, new.replica_id, target))
         self._unresolved = left
@@ -441,7 +463,7 @@ class NotebookOSPolicy(IndexedPolicy):
             if not target:
                 ok = False
                 break
-            new = cluster.place_replica(kernel_id, target[0])
+            new = cluster.place_replica(kernel_id, target[0], ready_at=math.inf)  # (the caller says when it is up)
             idx.update(target[0])
             placed.append((kernel_id, rid, new.replica_id, target[0]))
         if not ok:

@@ -117,6 +117,38 @@ def test_room_share_limits_how_many_idle_kernels_count_on_the_same_free_host(sha
     check_invariants(c, p)
 
 
+def test_the_dynamic_cap_follows_requested_over_running_gpus():
+    """NotebookOS's cap: replicas x (GPUs the kernels request / GPUs running cells), averaged over the last
+    cap_window passes, at most max_subscription_ratio (and that while nothing runs). Three 1-GPU hosts, 1-GPU
+    kernels with a replica on each host: a host's subscription is the number of kernels."""
+    c = make_cluster(3, gpus=1)
+    p = NotebookOSPolicy(committed_autoscale=True, dynamic_cap=True, cap_window=2, max_subscription_ratio=7.0,
+                         max_hosts=3, consolidate_after=1e9)
+    for i in range(4):
+        add_kernel(c, f"k{i}", 1)
+        assert p.place(c, f"k{i}", 0.0) is not None
+    p.autoscale(c, 0.0, starting=0)
+    assert p.cap == 7.0  # nothing runs: the largest cap
+    for kid in ("k0", "k1"):
+        assert isinstance(p.schedule_cell(c, kid, 1.0), Run)
+    p.autoscale(c, 30.0, starting=0)
+    assert p.cap == pytest.approx(3 * (7.0 / 3 + 4 / 2) / 2)  # the window holds both passes
+    p.autoscale(c, 60.0, starting=0)
+    assert p.cap == 6.0  # 3 replicas x 4 requested / 2 running
+    # Placement obeys it: two more kernels fit (6 per host), a third does not (the fixed cap would take it).
+    for kid in ("k4", "k5", "k6"):
+        add_kernel(c, kid, 1)
+    assert p.place(c, "k4", 61.0) is not None and p.place(c, "k5", 61.0) is not None
+    assert p.place(c, "k6", 61.0) is None and "oversubscription 6" in p.no_room(c, "k6")
+    # Nothing runs any more: the cap goes back up, and k6 fits.
+    for kid in ("k0", "k1"):
+        p.cell_finished(c, kid, 62.0)
+    p.autoscale(c, 90.0, starting=0)
+    p.autoscale(c, 120.0, starting=0)
+    assert p.cap == 7.0 and p.place(c, "k6", 121.0) is not None
+    check_invariants(c, p)
+
+
 def test_consolidation_never_empties_a_host_with_gpus_in_use():
     c = make_cluster(4)
     p = NotebookOSPolicy(committed_autoscale=True, scale_factor=1.0, spare_hosts=0, hold_seconds=600.0)

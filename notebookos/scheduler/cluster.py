@@ -119,8 +119,9 @@ class Cluster:
         #: bumped by every change made through these methods (a caller may skip work when it did not move)
         self.version = 0
         self.n_held = 0
-        #: GPUs requested by all replicas (the sum of every host's ``subscribed_gpus``)
+        #: GPUs requested by all replicas (the sum of every host's ``subscribed_gpus``), and by all kernels
         self.n_subscribed = 0
+        self.n_requested = 0
         #: hosts whose GPUs, holds or replicas changed through these methods; a consumer (the notebookos
         #: autoscaler) reads and clears it, to look only at what changed since its last pass
         self.touched: set[str] = set()
@@ -151,6 +152,7 @@ class Cluster:
         if kernel_id in self.kernels:
             raise ValueError(f"kernel {kernel_id!r} already exists")
         record = self.kernels[kernel_id] = KernelRecord(kernel_id, request, last_active=now, lease_renewed=now)
+        self.n_requested += request.gpus
         return record
 
     def place_replica(self, kernel_id: str, host_id: str, replica_id: int | None = None,
@@ -199,7 +201,7 @@ class Cluster:
             self.remove_replica(kernel_id, rid, now)
         if self.kernels[kernel_id].held is not None:  # for a replica that never arrived
             self.drop_hold(kernel_id)
-        del self.kernels[kernel_id]
+        self.n_requested -= self.kernels.pop(kernel_id).request.gpus
 
     # -- GPU binding -----------------------------------------------------------------------------------------
     def commit(self, kernel_id: str, replica_id: int, now: float = 0.0) -> tuple[int, ...]:

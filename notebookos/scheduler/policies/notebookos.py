@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right, insort
+from collections import deque
 
 from traitlets import Bool, Enum, Float, Int
 
@@ -52,7 +53,7 @@ class NotebookOSPolicy(IndexedPolicy):
     (7.0), ``max_hosts`` (64), ``host_gpus`` (8), ``placement`` (spread), ``hold_seconds`` (0),
     ``migration_hold_seconds`` (300), ``committed_autoscale`` (False), ``scale_factor`` (1.05), ``spare_hosts``
     (1), ``held_weight`` (1), ``keep_room`` (True), ``room_hosts`` (1), ``room_share`` (0: no cap), ``max_moves``
-    (32), ``consolidate_after`` (300), ``verify_misses`` (True).
+    (32), ``consolidate_after`` (300), ``dynamic_cap`` (False), ``cap_window`` (20), ``verify_misses`` (True).
     """
 
     name = "notebookos"
@@ -85,6 +86,12 @@ class NotebookOSPolicy(IndexedPolicy):
     room_hosts = Int(
         1, help="keep_room: on how many of an idle kernel's replicas' hosts its next cell must find room (2 "
         "survives another kernel's cell taking one of them).").tag(config=True)
+    dynamic_cap = Bool(
+        False, help="committed_autoscale: the subscription cap follows demand, as NotebookOS's: replicas_per_kernel x "
+        "the mean over the last cap_window passes of (GPUs all kernels request / GPUs running cells; "
+        "max_subscription_ratio / replicas_per_kernel while none runs), never above max_subscription_ratio. "
+        "Replicas placed under a higher cap stay.").tag(config=True)
+    cap_window = Int(20, help="dynamic_cap: autoscaler passes the demand ratio is averaged over.").tag(config=True)
     room_share = Float(
         0.0, help="keep_room: how many idle kernels may count on the same free GPUs as the room for their next cell, "
         "in GPUs per free GPU (2: a host with 8 free GPUs is the room of at most two idle 8-GPU kernels, or sixteen "
@@ -109,6 +116,8 @@ class NotebookOSPolicy(IndexedPolicy):
         self._quiet: tuple | None = None
         # what _make_room saw of each host, and the kernels it could not give room (see _kernels_to_check)
         self._room_cluster: Cluster | None = None
+        self._cap: float | None = None  # dynamic_cap's current cap
+        self._demand: deque[float] = deque()  # dynamic_cap: the last passes' demand ratios
         self._unresolved: set[str] = set()
 
     # -- placement -------------------------------------------------------------------------------------------
@@ -116,9 +125,9 @@ class NotebookOSPolicy(IndexedPolicy):
         idx = self.index(cluster)
         have = {r.host_id for r in kernel.replicas.values()}
         pick = idx.most_subscribed if self.placement == "pack" else idx.least_subscribed
-        hosts = pick(need, kernel.request.gpus, self.max_subscription_ratio, have)
+        hosts = pick(need, kernel.request.gpus, self.cap, have)
         if len(hosts) < need and self._retry_miss(cluster):
-            hosts = pick(need, kernel.request.gpus, self.max_subscription_ratio, have)
+            hosts = pick(need, kernel.request.gpus, self.cap, have)
         return hosts
 
     def place(self, cluster: Cluster, kernel_id: str, now: float) -> list[str] | None:
@@ -144,7 +153,7 @@ class NotebookOSPolicy(IndexedPolicy):
         return need - len(self._candidates(cluster, kernel, need))
 
     def no_room(self, cluster: Cluster, kernel_id: str) -> str:
-        return f"{super().no_room(cluster, kernel_id)}, oversubscription {self.max_subscription_ratio:g}"
+        return f"{super().no_room(cluster, kernel_id)}, oversubscription {self.cap:g}"
 
     # -- cells -----------------------------------------------------------------------------------------------
     def executor_order(self, cluster: Cluster, kernel_id: str) -> list[int]:
@@ -196,7 +205,7 @@ class NotebookOSPolicy(IndexedPolicy):
 
         if kernel.replicas:
             holders = {r.host_id for r in kernel.replicas.values()}
-            cap = self.max_subscription_ratio
+            cap = self.cap
 
             def accept(h):
                 return h.id not in holders and h.subscribed_gpus + gpus <= cap * h.gpus
@@ -255,12 +264,28 @@ class NotebookOSPolicy(IndexedPolicy):
         gpus = cluster.gpus_committed - (1.0 - self.held_weight) * cluster.n_held
         in_use = math.ceil(self.scale_factor * gpus / host_gpus) + self.spare_hosts
         subscribed = cluster.n_subscribed
-        for_subscriptions = math.ceil(subscribed / (self.max_subscription_ratio * host_gpus))
+        for_subscriptions = math.ceil(subscribed / (self.cap * host_gpus))
         return min(self.max_hosts, max(in_use, for_subscriptions, self.replicas_per_kernel))
+
+    @property
+    def cap(self) -> float:
+        """The subscription cap now: ``max_subscription_ratio``, or with ``dynamic_cap`` the demand's."""
+        return self._cap if self._cap is not None else self.max_subscription_ratio
+
+    def _update_cap(self, cluster: Cluster) -> None:
+        if not self.dynamic_cap:
+            self._cap = None
+            return
+        running, usual = cluster.gpus_running, max(1, self.replicas_per_kernel)
+        self._demand.append(cluster.n_requested / running if running else self.max_subscription_ratio / usual)
+        while len(self._demand) > max(1, self.cap_window):
+            self._demand.popleft()
+        self._cap = min(self.max_subscription_ratio, usual * sum(self._demand) / len(self._demand))
 
     def autoscale(self, cluster: Cluster, now: float, starting: int) -> Rebalance | None:
         if not self.committed_autoscale:
             return None
+        self._update_cap(cluster)
         state = (id(cluster), cluster.version, now - self._grew_at >= self.consolidate_after, starting)
         if state == self._quiet:
             return Rebalance()
@@ -316,7 +341,7 @@ class NotebookOSPolicy(IndexedPolicy):
         free or only softly held); returns them and how many kernels are left without room (no host has it)."""
         hosts = cluster.hosts
         idx = self.index(cluster)
-        cap = self.max_subscription_ratio
+        cap = self.cap
         moves: list[Move] = []
         short = 0
         kernels = cluster.kernels
@@ -457,9 +482,9 @@ class NotebookOSPolicy(IndexedPolicy):
                 ok = False
                 break
             have = {r.host_id for r in kernel.replicas.values()} | {host.id}
-            target = idx.most_subscribed(1, kernel.request.gpus, self.max_subscription_ratio, have)
+            target = idx.most_subscribed(1, kernel.request.gpus, self.cap, have)
             if not target and self._retry_miss(cluster):
-                target = idx.most_subscribed(1, kernel.request.gpus, self.max_subscription_ratio, have)
+                target = idx.most_subscribed(1, kernel.request.gpus, self.cap, have)
             if not target:
                 ok = False
                 break

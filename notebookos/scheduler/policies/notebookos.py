@@ -364,7 +364,8 @@ class NotebookOSPolicy(IndexedPolicy):
                 continue
             replicas = kernel.replicas
             if len(replicas) > usual:
-                continue  # a move of it is under way
+                left.add(kernel_id)  # a move of it is under way: looked at again once it is done
+                continue
             gpus = kernel.request.gpus
             need, roomy = min(room_hosts, len(replicas)), []
             for r in replicas.values():
@@ -440,7 +441,8 @@ class NotebookOSPolicy(IndexedPolicy):
     def _consolidation_candidates(self, cluster: Cluster, count: int, now: float) -> list[Host]:
         """Up to ``count`` hosts to empty: not fixed, no cell running there, no firm hold, no replica still
         arriving (a move's target); soft holds too only while they count less than running cells (``held_weight``
-        < 1: they are given back). Fewest replicas first."""
+        < 1: they are given back). Fewest replicas first; none while the first has a replica of a kernel that runs
+        a cell (it could not move)."""
         keep_holds = self.held_weight >= 1.0
         idle = [h for h in cluster.hosts.values() if not h.draining and not h.fixed
                 and len(h.committed) == len(h.held) and not h.firm_held and not (keep_holds and h.held)]
@@ -449,9 +451,14 @@ class NotebookOSPolicy(IndexedPolicy):
         chosen = []
         for host in idle:
             if any(kernels[k].replicas[r].ready_at > now for k, r in host.replicas):
-                continue
+                continue  # a replica still arriving (a move's target)
             if self.keep_room and self._only_room(cluster, host):
                 continue  # the only room an idle kernel has for its next cell
+            if any(kernels[k].running is not None for k, _ in host.replicas):
+                # A kernel with a replica here runs a cell elsewhere: the cluster is busy, consolidate later.
+                # (Trying the next host instead measured worse: 0.83x against 0.81x of reservation's GPU-hours
+                # on the session month, the hosts emptied in busy times being needed again.)
+                break
             chosen.append(host)
             if len(chosen) == count:
                 break

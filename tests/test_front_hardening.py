@@ -3,6 +3,7 @@ resources of dead replicas, and bad kernel options."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import queue
@@ -218,6 +219,31 @@ def front_resources(kernel) -> tuple[int, int]:
     return proc.num_fds(), len(proc.net_connections(kind="tcp"))
 
 
+def test_a_hung_executor_is_killed_and_the_next_cell_runs_elsewhere():
+    """A replica that stops answering (SIGSTOP: a hung process, which never exits on its own) is killed after
+    unresponsive_timeout; a cell sent to it meanwhile runs on another replica, with the state, and a replacement
+    joins."""
+    kernel = Kernel(unresponsive_timeout=4)
+    try:
+        reply, _ = kernel.execute("x = 41")
+        assert reply["status"] == "ok", reply
+        kernel.wait_for(lambda: len(raft_members(kernel)) == 3, what="three Raft members")
+        hung = kernel.info()["last_executor"]
+        pid = rows(kernel)[hung]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            reply, outputs = kernel.execute("print(x + 1)", timeout=90)  # sent to the hung executor first
+            assert reply["status"] == "ok" and stream_text(outputs) == "42\n", reply
+            assert kernel.info()["last_executor"] != hung
+            wait_replaced(kernel, hung)
+            assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    finally:
+        kernel.shutdown()
+
+
 def test_dead_replicas_leave_no_sockets_or_tasks(kernel):
     kernel.execute("x = 1")
     kernel.wait_for(lambda: len(raft_members(kernel)) == 3, what="three Raft members")
@@ -261,6 +287,7 @@ def leftovers() -> set[str]:
     ("commit_timeout", -1.5, "commit_timeout"),
     ("commit_timeout", "ten", "commit_timeout"),
     ("migrate_timeout", 0, "migrate_timeout"),
+    ("unresponsive_timeout", -1, "unresponsive_timeout"),
     ("store_dir", "/proc/notebookos-store", "store_dir"),
     ("raft_host", "not a host name!", "raft_host"),
     ("raft_host", "192.0.2.1", "raft_host"),

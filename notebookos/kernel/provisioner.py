@@ -42,7 +42,7 @@ _WHERE = ("the kernelspec's metadata.kernel_provisioner.config (`notebookos kern
 #: The front's traits a kernelspec, Jupyter config or notebook may set (the rest are the provisioner's to set).
 FRONT_OPTIONS = ("replicas", "commit_timeout", "store_dir", "collect_garbage", "raft_host", "replace_lost_replicas",
                  "send_yield", "gpus", "executor_policy_class", "scheduler_url", "gpu_request", "cpu_request",
-                 "memory_request_mb", "migrate_timeout")
+                 "memory_request_mb", "migrate_timeout", "unresponsive_timeout")
 
 
 class NotebookOSProvisioner(LocalProvisioner):

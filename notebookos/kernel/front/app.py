@@ -81,6 +81,10 @@ class NotebookOSFront(Application):
     minority_start_delay = Float(0.3, help="Standalone mode: seconds after the majority before the remaining "
                                  "replicas start; the kernel runs cells without them meanwhile.").tag(config=True)
     compaction_entries = Int(200, help="Raft log entries between snapshots.").tag(config=True)
+    unresponsive_timeout = Float(120.0, help="Seconds a live replica may go without answering the front's status "
+                                 "requests (every status_interval) before it is taken for hung (stopped, swapping, "
+                                 "deadlocked) and killed; it is then replaced like a replica that died (0: never)."
+                                 ).tag(config=True)
     migrate_timeout = Float(60.0, help="Seconds a migration's new replica gets to start, join the Raft group and "
                             "catch up before the migration is rolled back (raise it for slow starts or large "
                             "states).").tag(config=True)
@@ -150,6 +154,7 @@ class NotebookOSFront(Application):
         )
         supervisor.replace_lost = self.replace_lost_replicas
         supervisor.migrate_timeout = self.migrate_timeout
+        supervisor.unresponsive_timeout = self.unresponsive_timeout
         scheduler = None
         unplaced: str | None = None
         hosts: list[str | None] | None = None

@@ -45,6 +45,13 @@ def check_migrate_timeout(value: Any) -> list[str]:
     return []
 
 
+def check_unresponsive_timeout(value: Any) -> list[str]:
+    if not _number(value) or not math.isfinite(value) or value < 0:
+        return [f"unresponsive_timeout={value!r}: must be a number of seconds, 0 or more (default 120; 0: never): how "
+                "long a replica may go without answering before it is taken for hung and killed. Set such a value"]
+    return []
+
+
 def check_store_dir(value: Any) -> list[str]:
     """The store directory must be (or be creatable as) a directory this user can write."""
     if not isinstance(value, str):
@@ -156,6 +163,7 @@ def check_options(values: dict[str, Any]) -> list[str]:
         "replicas": check_replicas,
         "commit_timeout": check_commit_timeout,
         "migrate_timeout": check_migrate_timeout,
+        "unresponsive_timeout": check_unresponsive_timeout,
         "gpus": check_gpus,
         "executor_policy_class": check_executor_policy_class,
         "scheduler_url": check_scheduler_url,

@@ -76,6 +76,8 @@ class ReplicaHandle:
     retire_deferred: bool = False  # it diverged while the others had no quorum without it
     #: a background move is removing it from the group: no cell starts on it (the scheduler is asked again)
     leaving: bool = False
+    #: when it last answered a status request (its start, before the first)
+    answered_at: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int | None:
@@ -132,6 +134,9 @@ class Supervisor:
         #: How long to keep trying to replace a lost replica (while the group keeps its quorum).
         self.replace_patience = 300.0
         self.replace_lost = True
+        #: A live replica that answers no status request for this long is hung (stopped, swapping, deadlocked in
+        #: C code): it is killed, and replaced as any lost one (0: never).
+        self.unresponsive_timeout = 120.0
         self.starting = False  # True while the initial group is being launched
         self._replacing = False
         self._tasks: set[asyncio.Future] = set()  # background work that must not be garbage-collected mid-way
@@ -367,6 +372,7 @@ class Supervisor:
         while True:
             release_held()  # the ports our replicas listen on now need no hold
             await asyncio.gather(*(self._poll_one(h) for h in self.live), return_exceptions=True)
+            await self._kill_unresponsive()
             for handle in self.live:
                 reason = handle.diverged or handle.status.get("diverged")
                 if reason and self.on_diverged is not None:
@@ -380,6 +386,29 @@ class Supervisor:
         """Refresh ``handle.status``; a replica that does not answer in time keeps its last one."""
         with contextlib.suppress(TimeoutError):
             handle.status = await self.request(handle, protocol.STATUS_REQUEST, {}, timeout=2.0)
+            handle.answered_at = time.monotonic()
+
+    async def _kill_unresponsive(self) -> None:
+        """Kill the live replicas silent for ``unresponsive_timeout``: a hung process never exits on its own, and a
+        cell sent to it would wait forever; killed, it is lost like any other (its cell runs elsewhere if it had
+        not started it, and a replacement joins)."""
+        if self.unresponsive_timeout <= 0:
+            return
+        now = time.monotonic()
+        killed = False
+        for handle in list(self.live):
+            silent = now - handle.answered_at
+            if silent <= self.unresponsive_timeout or handle.launched is None:
+                continue
+            log.error("replica %d (pid %s) answered no status request for %.0f s: taken for hung and killed",
+                      handle.id, handle.pid, silent)
+            try:
+                await self.launcher.kill(handle.launched)
+                killed = True
+            except Exception:
+                log.exception("could not kill hung replica %d", handle.id)
+        if killed:
+            await self.check_now()
 
     async def replace(self, dead: ReplicaHandle) -> ReplicaHandle | None:
         """Take a dead replica out of the Raft group and start a new one that joins and catches up.

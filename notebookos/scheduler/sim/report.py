@@ -6,7 +6,8 @@
   (events: ``session_start``, ``placed``, ``session_wait``, ``cell_submit``, ``cell_start`` (with its delay),
   ``cell_wait``, ``migrate``, ``cell_end``, ``session_end``, ``scale_out``, ``host_online``, ``scale_in``).
 - ``delay_cdf.png``: CDF of the interactivity delay (cell submit -> start) per policy, symlog x axis.
-- ``gpus_<policy>.png``: GPUs provisioned, committed in the cluster, and bound to running cells over time.
+- ``gpus_<policy>.png``: GPUs provisioned, committed in the cluster (running cells, and held for a kernel's
+  next cell or reserved for a moving replica), and bound to running cells over time.
 """
 
 from __future__ import annotations
@@ -94,8 +95,10 @@ def plot_gpus(path: str | os.PathLike, result: SimResult) -> None:
     if len(tl):
         hours = (tl[:, 0] - tl[0, 0]) / 3600.0
         ax.step(hours, tl[:, 1], where="post", label="provisioned", lw=1.2)
-        if np.any(tl[:, 3] != tl[:, 2]):
-            ax.step(hours, tl[:, 3], where="post", label="committed (reserved)", lw=0.8, alpha=0.8)
+        if np.any(tl[:, 3] != tl[:, 2]):  # GPUs held for kernels' next cells, or reserved for moving replicas
+            ax.fill_between(hours, tl[:, 2], tl[:, 3], step="post", alpha=0.3, lw=0,
+                            label="held / reserved (committed, no cell running)")
+            ax.step(hours, tl[:, 3], where="post", label="committed", lw=0.8, alpha=0.8)
         ax.step(hours, tl[:, 2], where="post", label="bound to running cells", lw=0.8, alpha=0.8)
     m = result.metrics
     ax.set_title(f"{result.policy}: GPUs over time ({m['gpu_hours_provisioned']:.0f} GPU-h provisioned, "
@@ -103,7 +106,7 @@ def plot_gpus(path: str | os.PathLike, result: SimResult) -> None:
     ax.set_xlabel("hours")
     ax.set_ylabel("GPUs")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

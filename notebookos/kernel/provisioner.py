@@ -42,7 +42,7 @@ _WHERE = ("the kernelspec's metadata.kernel_provisioner.config (`notebookos kern
 #: The front's traits a kernelspec, Jupyter config or notebook may set (the rest are the provisioner's to set).
 FRONT_OPTIONS = ("replicas", "commit_timeout", "store_dir", "collect_garbage", "raft_host", "replace_lost_replicas",
                  "send_yield", "gpus", "executor_policy_class", "scheduler_url", "gpu_request", "cpu_request",
-                 "memory_request_mb", "migrate_timeout", "unresponsive_timeout")
+                 "memory_request_mb", "migrate_timeout", "unresponsive_timeout", "store_on_tmpfs")
 
 
 class NotebookOSProvisioner(LocalProvisioner):
@@ -112,7 +112,7 @@ class NotebookOSProvisioner(LocalProvisioner):
         kwargs = await super().pre_launch(**kwargs)
         if not self.front_options.get("store_dir") and self._store is None:
             # Chosen here, not in the front, so the store is removed even if the front is SIGKILLed (cleanup()).
-            self._store = default_store_dir(self.kernel_id)
+            self._store = default_store_dir(self.kernel_id, bool(self.option("store_on_tmpfs")))
         self._config_file = Path(self.parent.connection_file).with_suffix(".notebookos-config.json")
         write_private_json(self._config_file, {"NotebookOSFront": self.front_config()})
         kwargs["cmd"] = [*kwargs["cmd"], f"--config={self._config_file}"]

@@ -29,8 +29,9 @@ def memory_backed_dir(name: str) -> Path | None:
     return path
 
 
-def default_store_dir(kernel_id: str) -> Path:
-    """The store directory for one kernel: on tmpfs when possible, else in the temporary directory."""
-    return memory_backed_dir(f"notebookos-objects-{kernel_id}") or Path(
+def default_store_dir(kernel_id: str, tmpfs: bool = True) -> Path:
+    """The store directory for one kernel: on tmpfs when possible (and ``tmpfs``), else in the temporary
+    directory."""
+    return (memory_backed_dir(f"notebookos-objects-{kernel_id}") if tmpfs else None) or Path(
         tempfile.mkdtemp(prefix=f"notebookos-objects-{kernel_id}-")
     )

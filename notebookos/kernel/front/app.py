@@ -52,6 +52,9 @@ class NotebookOSFront(Application):
     store_dir = Unicode("", help="Object store directory for values over 1 MiB. Default: a per-kernel directory "
                         "on tmpfs (/dev/shm) when writable, else in the temporary directory, removed when the "
                         "kernel ends (see notebookos.kernel.scratch).").tag(config=True)
+    store_on_tmpfs = Bool(True, help="Put the default per-kernel store on tmpfs (/dev/shm) when it is writable. "
+                          "False: in the temporary directory, on disk (a container's /dev/shm is often 64 MB)."
+                          ).tag(config=True)
     remove_store = Bool(False, help="Remove store_dir when the kernel ends (set by the provisioner for the store "
                         "it chose; a store_dir you configure is kept).").tag(config=True)
     collect_garbage = Bool(None, allow_none=True, help="Delete object-store blobs that no replicated name or Out "
@@ -136,7 +139,7 @@ class NotebookOSFront(Application):
         connection = json.loads(Path(self.connection_file).read_text())
         runtime_dir = Path(tempfile.mkdtemp(prefix="notebookos-kernel-"))
         # The provisioner normally chooses (and later removes) the store; run alone, the front does both.
-        own_store = None if self.store_dir else default_store_dir(runtime_dir.name)
+        own_store = None if self.store_dir else default_store_dir(runtime_dir.name, self.store_on_tmpfs)
         if self.store_dir and self.remove_store:
             own_store = Path(self.store_dir)
         store_dir = self.store_dir or str(own_store)

@@ -4,6 +4,7 @@ memory (1.5 GB here; mybinder.org gives 2 GB), showing GPU binding and a failove
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -76,3 +77,22 @@ def test_the_demo_runs_on_the_binder_cluster_within_binders_memory(tmp_path):
     assert "x + 1 = 42 | sum of weights = 499999500000.0 | y defined: False" in text[3]
     assert "'replicas_alive': 3" in text[-1]  # the replacement joined
     assert sum(map(len, errors)) == 1
+
+
+def test_postbuild_makes_notebookos_the_default_in_the_environment_prefix(tmp_path):
+    """postBuild writes only into the Python environment it runs in (a throwaway venv here, Binder's conda env)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("JUPYTER_PATH", None)
+    proc = subprocess.run(["bash", str(BINDER / "postBuild")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    etc = venv / "etc" / "jupyter"
+    assert json.loads((etc / "jupyter_config.d" / "notebookos-binder.json").read_text()) == {
+        "NotebookOSFront": {"store_on_tmpfs": False}}
+    assert json.loads((etc / "jupyter_server_config.d" / "notebookos-binder.json").read_text()) == {
+        "MultiKernelManager": {"default_kernel_name": "notebookos"}}
+    assert (venv / "share" / "jupyter" / "kernels" / "notebookos" / "kernel.json").exists()
+    # JupyterLab's settings overrides go where that JupyterLab reads them (its own prefix: here the base one).
+    [written] = [line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.endswith("overrides.d/notebookos.json")]
+    assert json.loads(Path(written).read_text())

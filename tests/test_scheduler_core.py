@@ -322,3 +322,20 @@ def test_a_move_that_fails_or_is_never_made_is_cancelled():
     core.replica_lost("k", order["replica_id"])
     assert sorted(core.cluster.kernels["k"].replicas) == [1] and len(core.moves) == 0
     assert_accounting(core)
+
+
+def test_a_move_on_a_cells_path_replaces_a_pending_background_move():
+    """The front picks the id of a replica it moves for a cell itself: a background order still pending for the
+    kernel (which could name the same id) is cancelled first."""
+    from .test_policies import occupy
+
+    core, _ = autoscaling_core()
+    core.register_host("h3", "http://h3:1/", 1, 4.0, 1024)
+    core.autoscale()
+    [order] = core.renew_lease("k")["moves"]
+    occupy(core.cluster, "h1", 1, core.policy)  # the only replica's host that is not draining has no free GPU
+    answer, _ = core.decide("k")
+    assert answer["action"] == "migrate" and answer["to_host"] == "h3"
+    assert core.renew_lease("k")["moves"] == [] and core.moves.cancelled == 1
+    assert order["new_replica_id"] not in core.cluster.kernels["k"].replicas
+    assert_accounting(core)

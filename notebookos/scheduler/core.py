@@ -350,6 +350,10 @@ class SchedulerCore:
                     "device_uuids": [known.get(d) for d in devices]}, None
         if isinstance(decision, Migrate):
             policy.dequeue(kernel_id)
+            # The move on the cell's path replaces any background one: the front picks the new replica's id
+            # itself then, and a pending order could name the same id.
+            for order in list(self.moves.orders.get(kernel_id, ())):
+                self._cancel_moves(kernel_id, order.move.new_replica_id, "a move on a cell's path replaced it")
             if decision.to_host not in self.cluster.hosts:
                 raise self.error(500, f"policy {policy.name!r} migrates to unknown host {decision.to_host!r}")
             return {"action": "migrate", "replica_id": decision.replica_id, "to_host": decision.to_host,

@@ -48,6 +48,10 @@ class BackgroundMoves:
         new_id = int(order["new_replica_id"])
         if new_id in self._seen:
             return
+        if self.supervisor.id_used(new_id):
+            # An order from before a move on a cell's path took that id (the scheduler has cancelled it since).
+            log.info("ignoring a background move to replica %d: this kernel has used that id", new_id)
+            return
         self._seen.add(new_id)
         task = asyncio.ensure_future(self._carry_out(order))
         self._tasks.add(task)

@@ -156,6 +156,10 @@ class Supervisor:
         """Live members that may run cells and answer requests: not diverged."""
         return [r for r in self.live if not r.diverged]
 
+    def id_used(self, replica_id: int) -> bool:
+        """Whether this front has launched (or chosen) a replica with this id already."""
+        return replica_id < self._next_id
+
     def has_quorum(self) -> bool:
         return 2 * len(self.live) > len(self.members)
 

@@ -40,8 +40,6 @@ class BackgroundMoves:
         self._seen: set[int] = set()  # new replica ids ordered so far (orders repeat until reported)
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
-        self.done = 0
-        self.failed = 0
 
     def order(self, order: dict[str, Any]) -> None:
         """An order from a lease renewal; a repeated one is ignored."""
@@ -74,18 +72,14 @@ class BackgroundMoves:
             try:
                 new = await self.supervisor.migrate(old, host_id, self.relay.committed_seq, replica_id=new_id,
                                                     before_commit=lambda: self._let_leave(old))
-            except MigrationFailed as exc:
+            except Exception as exc:  # (rolled back: the old replica stays)
                 old.leaving = False
-                await self._failed(new_id, str(exc))
-                return
-            except Exception as exc:
-                old.leaving = False
-                log.exception("background move of replica %d failed", old_id)
+                if not isinstance(exc, MigrationFailed):
+                    log.exception("background move of replica %d failed", old_id)
                 await self._failed(new_id, str(exc) or type(exc).__name__)
                 return
             if self.relay.last_executor == old.id:
                 self.relay.last_executor = None
-            self.done += 1
             await self.policy.migrated(old.id, new.id, host_id)
 
     async def _let_leave(self, old: ReplicaHandle) -> None:
@@ -98,6 +92,5 @@ class BackgroundMoves:
         old.leaving = True
 
     async def _failed(self, new_id: int, why: str) -> None:
-        self.failed += 1
         log.warning("background move to replica %d not made: %s", new_id, why)
         await self.policy.move_failed(new_id)
